@@ -1,0 +1,64 @@
+# histoscreen: make help lists what you can run.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3.11
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+CHECKOV_VENV := .venv-checkov
+CHROMIUM := /usr/bin/chromium
+
+# The embedded default: local folders stand in for the cloud buckets.
+BUCKETS := buckets
+SAMPLE_DATA := $(BUCKETS)/training-data/sample
+MODELS := $(BUCKETS)/models
+RESULTS := $(BUCKETS)/results
+UPLOADS := $(BUCKETS)/uploads
+
+# Keep TensorFlow quiet and google-auth off the network when there is no cloud account.
+export TF_CPP_MIN_LOG_LEVEL := 3
+export NO_GCE_CHECK := true
+export GCE_METADATA_HOST := 127.0.0.1:9
+export GCE_METADATA_IP := 127.0.0.1:9
+export PYTHONDONTWRITEBYTECODE := 1
+
+.PHONY: help setup lint format test pytest demo samples infra-check infra-plan bench clean
+
+help: ## list the targets
+	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
+
+setup: $(STAMP) ## create .venv with the pinned requirements (and Chromium for browser tests)
+
+$(STAMP): requirements.txt pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	$(PY) -m pip install --quiet --no-deps --no-build-isolation -e .
+	@if [ ! -x $(CHROMIUM) ] && command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+		echo "Installing Debian's chromium for the browser tests"; \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; \
+	fi
+	touch $@
+
+lint: setup ## ruff lint and format check
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: setup ## apply ruff fixes and formatting
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+test: lint infra-check pytest ## everything CI runs: lint, infrastructure policies, the test suite
+
+pytest: setup ## the Python test suite only
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+samples: setup ## generate the synthetic sample set into the local bucket
+	$(PY) -m histo_common.samples --output $(SAMPLE_DATA) --count 300 --seed 0
+
+demo: setup ## run the pipeline end to end on the embedded default (local folders)
+	bash scripts/demo.sh
+
+clean: ## remove generated buckets, reports and caches (keeps .venv)
+	rm -rf $(BUCKETS) build .pytest_cache

@@ -1,0 +1,84 @@
+"""The synthetic sample generator: deterministic, and the class difference it claims."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histo_common import storage
+from histo_common.samples import generate_samples, main, synth_patch
+
+
+def _digest(root: Path) -> dict[str, str]:
+    return {
+        p.relative_to(root).as_posix(): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*.png"))
+    }
+
+
+def test_same_seed_same_files(tmp_path: Path) -> None:
+    generate_samples(str(tmp_path / "a"), count=20, seed=7)
+    generate_samples(str(tmp_path / "b"), count=20, seed=7)
+    generate_samples(str(tmp_path / "c"), count=20, seed=8)
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a") != _digest(tmp_path / "c")
+
+
+def test_layout_and_counts(tmp_path: Path) -> None:
+    counts = generate_samples(str(tmp_path), count=50, seed=0, malignant_fraction=0.4)
+    assert counts == {"benign": 30, "malignant": 20}
+    assert len(list((tmp_path / "benign").glob("*.png"))) == 30
+    assert len(list((tmp_path / "malignant").glob("*.png"))) == 20
+
+
+def _nuclear_stats(image: np.ndarray) -> tuple[float, float]:
+    """Share of nuclear (dark purple) pixels, and mean darkness of those pixels."""
+    rgb = image.astype(np.float32) / 255.0
+    darkness = 1.0 - rgb.mean(axis=-1)
+    nuclear = (darkness > 0.45) & (rgb[..., 2] > rgb[..., 1])
+    share = float(nuclear.mean())
+    return share, float(darkness[nuclear].mean()) if nuclear.any() else 0.0
+
+
+def test_malignant_nuclei_are_denser_and_darker() -> None:
+    stats = {True: [], False: []}
+    for i in range(40):
+        for malignant in (True, False):
+            rng = np.random.default_rng([99, int(malignant), i])
+            stats[malignant].append(_nuclear_stats(synth_patch(rng, malignant)))
+    mal, ben = np.array(stats[True]), np.array(stats[False])
+    assert mal[:, 0].mean() > 2.5 * ben[:, 0].mean()  # nuclear area
+    assert mal[:, 1].mean() > ben[:, 1].mean() + 0.03  # darker nuclei
+    # Separable but not trivially: most malignant patches above most benign ones.
+    assert np.median(mal[:, 0]) > np.percentile(ben[:, 0], 90)
+
+
+def test_looks_like_h_and_e() -> None:
+    """Pink background (red > green), purple nuclei (blue > green)."""
+    image = synth_patch(np.random.default_rng(0), malignant=True).astype(np.float32)
+    background = image[image.mean(axis=-1) > 170]
+    assert background[:, 0].mean() > background[:, 1].mean() + 20
+    dark = image[image.mean(axis=-1) < 110]
+    assert dark[:, 2].mean() > dark[:, 1].mean()
+
+
+def test_planted_lesion_is_where_asked() -> None:
+    rng = np.random.default_rng(1)
+    image = synth_patch(rng, malignant=False, size=64, lesion=(0.25, 0.25, 0.2))
+    darkness = 1.0 - image.astype(np.float32).mean(axis=-1) / 255.0
+    assert darkness[:32, :32].mean() > darkness[32:, 32:].mean() + 0.05
+
+
+def test_writes_to_gcs(gcs_bucket: str) -> None:
+    generate_samples(gcs_bucket + "/samples", count=6, seed=0, size=32)
+    uris = storage.list_uris(gcs_bucket + "/samples/**.png")
+    assert len(uris) == 6
+    assert {u.split("/")[-2] for u in uris} == {"benign", "malignant"}
+
+
+def test_cli_rejects_bad_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["--output", str(tmp_path), "--count", "1"]) == 2
+    assert "count" in capsys.readouterr().err
