@@ -95,3 +95,30 @@ def idc_dir() -> Path:
     if not (IDC_DIR / "labels.csv").is_file():
         pytest.skip(f"real IDC data not found at {IDC_DIR}; real-data checks skipped")
     return IDC_DIR
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path):  # type: ignore[no-untyped-def]
+    """The session's tiny trained model, exported locally (a ``model_fixtures.TinyModel``)."""
+    from model_fixtures import build_tiny_model
+
+    return build_tiny_model(tmp_path_factory.mktemp("models"), sample_dir)
+
+
+@pytest.fixture(scope="session")
+def loaded_tiny_model(tiny_model):  # type: ignore[no-untyped-def]
+    """The tiny model loaded once with ``model_export.loader.load_model``."""
+    from model_export.loader import load_model
+
+    return load_model(tiny_model.root_uri)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_gcs(gcs_emulator: Emulator, tiny_model) -> str:  # type: ignore[no-untyped-def]
+    """The tiny model copied into an emulator bucket; returns its ``gs://`` model root."""
+    from histo_common import storage
+
+    storage._gcs_client().create_bucket("session-models")
+    root = "gs://session-models/histo-cnn"
+    storage.copy_tree_to(tiny_model.root_uri, root)
+    return root

@@ -1,0 +1,121 @@
+"""The SavedModel contract: names, layout and metadata shared by every unit.
+
+A model version lives at ``<models>/<model-name>/<integer version>/`` (the layout
+TensorFlow Serving expects) and holds:
+
+- ``saved_model.pb`` + ``variables/``: signatures that take a batch of raw encoded
+  images under the input ``image_bytes`` (``tf.string``, shape ``[None]``):
+
+  - ``serving_default`` -> ``probability`` [B] (of the positive class),
+    ``probabilities`` [B, C], ``label`` [B] (class name), ``threshold`` [B];
+  - ``explain`` -> the same plus ``heatmap`` [B, S, S], Grad-CAM in [0, 1] at the
+    model's input size S, for the positive class.
+
+- ``metadata.json``: a :class:`ModelMetadata`.
+
+Decoding, resizing and normalisation are inside the signatures, so no caller
+re-implements them. This module has no TensorFlow import: readers of metadata
+(the app, infra checks) stay light.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+SCHEMA_VERSION = 1
+METADATA_FILE = "metadata.json"
+SAVED_MODEL_FILE = "saved_model.pb"
+KERAS_FILE = "model.keras"
+
+INPUT_KEY = "image_bytes"
+PREDICT_SIGNATURE = "serving_default"
+EXPLAIN_SIGNATURE = "explain"
+PREDICT_OUTPUTS = ("probability", "probabilities", "label", "threshold")
+EXPLAIN_OUTPUTS = (*PREDICT_OUTPUTS, "heatmap")
+
+DEFAULT_MODEL_NAME = "histo-cnn"
+MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class ContractError(ValueError):
+    """A model folder or metadata file that does not follow the contract."""
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """What a model version is: written beside the SavedModel as ``metadata.json``."""
+
+    model_name: str
+    version: int
+    class_names: list[str]
+    positive_class: str
+    threshold: float
+    threshold_method: str
+    image_size: int
+    architecture: str
+    training_data: dict[str, Any] = field(default_factory=dict)
+    validation_metrics: dict[str, Any] = field(default_factory=dict)
+    training_config: dict[str, Any] = field(default_factory=dict)
+    run_uri: str | None = None
+    tensorflow_version: str = ""
+    keras_version: str = ""
+    project_version: str = ""
+    created_at: str = ""
+    schema_version: int = SCHEMA_VERSION
+    disclaimer: str = ""
+
+    def __post_init__(self) -> None:
+        if not MODEL_NAME_RE.match(self.model_name):
+            raise ContractError(f"model name {self.model_name!r} is not a valid name")
+        if not isinstance(self.version, int) or self.version < 1:
+            raise ContractError(f"version must be a positive integer, got {self.version!r}")
+        if len(self.class_names) < 2 or len(set(self.class_names)) != len(self.class_names):
+            raise ContractError(f"class_names must be 2 or more distinct names: {self.class_names}")
+        if self.positive_class not in self.class_names:
+            raise ContractError(
+                f"positive_class {self.positive_class!r} is not one of {self.class_names}"
+            )
+        if not 0.0 <= float(self.threshold) <= 1.0:
+            raise ContractError(f"threshold must be in [0, 1], got {self.threshold}")
+        if self.image_size < 8:
+            raise ContractError(f"image_size must be at least 8, got {self.image_size}")
+
+    def to_json(self) -> str:
+        """Serialise as indented JSON."""
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str, *, source: str = "metadata.json") -> ModelMetadata:
+        """Parse and validate; errors name ``source``."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ContractError(f"{source} is not valid JSON: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ContractError(f"{source} must hold a JSON object")
+        if data.get("schema_version", SCHEMA_VERSION) > SCHEMA_VERSION:
+            raise ContractError(
+                f"{source} has schema_version {data['schema_version']}, newer than this "
+                f"code understands ({SCHEMA_VERSION}); upgrade histoscreen"
+            )
+        known = set(cls.__dataclass_fields__)
+        required = {
+            n
+            for n, f in cls.__dataclass_fields__.items()
+            if f.default is f.default_factory is __import__("dataclasses").MISSING
+        }
+        missing = required - data.keys()
+        if missing:
+            raise ContractError(f"{source} is missing fields: {sorted(missing)}")
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise ContractError(f"{source} has a field of the wrong type: {exc}") from exc
+
+
+def version_uri(models_root: str, model_name: str, version: int) -> str:
+    """``<models_root>/<model_name>/<version>``."""
+    return f"{models_root.rstrip('/')}/{model_name}/{int(version)}"

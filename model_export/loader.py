@@ -1,0 +1,226 @@
+"""Loading a model version in the contract: the one loader every unit uses.
+
+``load_model(uri)`` takes a model root (``<models>/<name>``: the latest complete
+version is picked) or one version (``<models>/<name>/<version>``), local or
+``gs://``; checks the metadata and the signatures; and returns a
+:class:`LoadedModel` whose ``predict``/``explain`` take raw encoded image bytes.
+Any problem is one :class:`ModelLoadError` sentence naming the URI and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import re
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from histo_common import storage
+from histo_common.results import Prediction
+from model_export import contract
+
+logger = logging.getLogger(__name__)
+
+
+class ModelLoadError(RuntimeError):
+    """A model URI that does not hold a usable model in the contract."""
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """A prediction with its Grad-CAM heatmap (``[S, S]`` in [0, 1])."""
+
+    prediction: Prediction
+    heatmap: np.ndarray
+
+
+def resolve_version(uri: str) -> tuple[str, int]:
+    """Return ``(version_uri, version)`` for a model root or a version URI.
+
+    Raises:
+        ModelLoadError: when nothing loadable is there.
+    """
+    from model_export.export import list_versions
+
+    clean = uri.rstrip("/")
+    last = storage.basename(clean)
+    try:
+        if last.isdigit():
+            if not storage.exists(storage.join(clean, contract.METADATA_FILE)):
+                raise ModelLoadError(
+                    f"{clean} has no {contract.METADATA_FILE}: it is not a complete model "
+                    "version (an export still running, or not a model folder)"
+                )
+            return clean, int(last)
+        versions = list_versions(clean)
+    except storage.StorageError as exc:
+        raise ModelLoadError(f"cannot read model at {clean}: {exc}") from exc
+    if not versions:
+        raise ModelLoadError(
+            f"no model versions found under {clean}: expected <root>/<integer version>/ with "
+            f"{contract.METADATA_FILE}; train one with `python -m training --output ...` or "
+            "pass the URI of a version"
+        )
+    return f"{clean}/{versions[-1]}", versions[-1]
+
+
+def read_metadata(version_uri: str) -> contract.ModelMetadata:
+    """Read and validate ``metadata.json`` of a model version."""
+    meta_uri = storage.join(version_uri, contract.METADATA_FILE)
+    try:
+        text = storage.read_text(meta_uri)
+    except storage.StorageError as exc:
+        raise ModelLoadError(f"cannot read {meta_uri}: {exc}") from exc
+    try:
+        return contract.ModelMetadata.from_json(text, source=meta_uri)
+    except contract.ContractError as exc:
+        raise ModelLoadError(str(exc)) from exc
+
+
+def _local_copy(version_uri: str, cache_dir: str | None) -> Path:
+    if not storage.is_gcs(version_uri):
+        return storage.local_path(version_uri)
+    root = Path(cache_dir or tempfile.gettempdir()) / "histoscreen-models"
+    digest = hashlib.sha256(version_uri.encode()).hexdigest()[:16]
+    target = root / digest
+    marker = target / ".complete"
+    if not marker.exists():
+        # Versions are immutable, so one download per process tree is enough.
+        root.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=root))
+        storage.copy_tree_from(version_uri, tmp)
+        (tmp / ".complete").write_text(version_uri)
+        shutil.rmtree(target, ignore_errors=True)
+        tmp.rename(target)
+    return target
+
+
+class LoadedModel:
+    """A loaded model version: metadata plus callable signatures on raw bytes."""
+
+    def __init__(self, uri: str, metadata: contract.ModelMetadata, saved_model: object) -> None:
+        self.uri = uri
+        self.metadata = metadata
+        self._saved = saved_model
+        self._predict_fn = saved_model.signatures[contract.PREDICT_SIGNATURE]
+        self._explain_fn = saved_model.signatures[contract.EXPLAIN_SIGNATURE]
+
+    @property
+    def name(self) -> str:
+        """The model's name."""
+        return self.metadata.model_name
+
+    @property
+    def version(self) -> int:
+        """The model's integer version."""
+        return self.metadata.version
+
+    @property
+    def threshold(self) -> float:
+        """Decision threshold on the positive class probability."""
+        return self.metadata.threshold
+
+    def run(self, signature: str, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Call a signature on a batch of encoded images; return numpy outputs."""
+        import tensorflow as tf
+
+        fn = self._explain_fn if signature == contract.EXPLAIN_SIGNATURE else self._predict_fn
+        outputs = fn(**{contract.INPUT_KEY: tf.constant(list(images), dtype=tf.string)})
+        return {k: v.numpy() for k, v in outputs.items()}
+
+    def predict(self, images: Sequence[bytes]) -> list[Prediction]:
+        """Score a batch of encoded images (``serving_default``)."""
+        if not images:
+            return []
+        return _predictions(self.run(contract.PREDICT_SIGNATURE, images))
+
+    def explain(self, images: Sequence[bytes]) -> list[Explanation]:
+        """Score a batch and return Grad-CAM heatmaps (``explain``)."""
+        if not images:
+            return []
+        out = self.run(contract.EXPLAIN_SIGNATURE, images)
+        return [
+            Explanation(prediction=p, heatmap=h)
+            for p, h in zip(_predictions(out), out["heatmap"], strict=True)
+        ]
+
+    def keras_model(self):  # type: ignore[no-untyped-def]
+        """Load the Keras model saved beside the SavedModel (architecture, summary)."""
+        import keras
+
+        path = storage.join(self.uri, contract.KERAS_FILE)
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp) / contract.KERAS_FILE
+            local.write_bytes(storage.read_bytes(path))
+            return keras.saving.load_model(local, compile=False)
+
+
+def _predictions(out: dict[str, np.ndarray]) -> list[Prediction]:
+    return [
+        Prediction(probability=float(p), label=lab.decode("utf-8"), threshold=round(float(t), 6))
+        for p, lab, t in zip(out["probability"], out["label"], out["threshold"], strict=True)
+    ]
+
+
+def _check_signatures(uri: str, saved: object) -> None:
+    signatures = getattr(saved, "signatures", {})
+    for name, outputs in (
+        (contract.PREDICT_SIGNATURE, contract.PREDICT_OUTPUTS),
+        (contract.EXPLAIN_SIGNATURE, contract.EXPLAIN_OUTPUTS),
+    ):
+        if name not in signatures:
+            raise ModelLoadError(
+                f"{uri} has no '{name}' signature (has {sorted(signatures)}): "
+                "export it with model_export"
+            )
+        fn = signatures[name]
+        inputs = fn.structured_input_signature[1]
+        if list(inputs) != [contract.INPUT_KEY]:
+            raise ModelLoadError(
+                f"{uri} signature '{name}' takes {sorted(inputs)}, expected "
+                f"['{contract.INPUT_KEY}'] (raw encoded image bytes)"
+            )
+        missing = set(outputs) - set(fn.structured_outputs)
+        if missing:
+            raise ModelLoadError(f"{uri} signature '{name}' lacks outputs {sorted(missing)}")
+
+
+def load_model(uri: str, *, cache_dir: str | None = None) -> LoadedModel:
+    """Load a model root (latest version) or a version, local or ``gs://``.
+
+    Raises:
+        ModelLoadError: with one sentence naming the URI and what is wrong.
+    """
+    version_uri, version = resolve_version(uri)
+    metadata = read_metadata(version_uri)
+    if metadata.version != version:
+        raise ModelLoadError(
+            f"{version_uri}/{contract.METADATA_FILE} says version {metadata.version}, "
+            f"but the folder is version {version}"
+        )
+    try:
+        local = _local_copy(version_uri, cache_dir)
+    except storage.StorageError as exc:
+        raise ModelLoadError(f"cannot download model {version_uri}: {exc}") from exc
+    if not (local / contract.SAVED_MODEL_FILE).is_file():
+        raise ModelLoadError(f"{version_uri} has no {contract.SAVED_MODEL_FILE}")
+    import tensorflow as tf
+
+    try:
+        saved = tf.saved_model.load(str(local))
+    except Exception as exc:  # TensorFlow raises many types for a broken SavedModel
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"{version_uri} is not a loadable SavedModel: {first}") from exc
+    _check_signatures(version_uri, saved)
+    logger.info("Loaded model %s version %d from %s", metadata.model_name, version, version_uri)
+    return LoadedModel(version_uri, metadata, saved)
+
+
+def is_version_folder(name: str) -> bool:
+    """True for an integer version folder name."""
+    return re.fullmatch(r"\d+", name) is not None
