@@ -49,9 +49,10 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint infra-check pytest ## everything CI runs: lint, infrastructure policies, the test suite
+test: lint infra-check ## everything CI runs: lint, infrastructure policies, the test suite
+	$(PY) -m pytest -q --ignore=tests/infra $(PYTEST_ARGS)
 
-pytest: setup ## the Python test suite only
+pytest: setup ## the Python test suite only (infra cases included)
 	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 samples: setup ## generate the synthetic sample set into the local bucket
@@ -62,3 +63,9 @@ demo: setup ## run the pipeline end to end on the embedded default (local folder
 
 clean: ## remove generated buckets, reports and caches (keeps .venv)
 	rm -rf $(BUCKETS) build .pytest_cache
+
+infra-check: setup ## terraform fmt, checkov and the offline terraform-compliance cases
+	bash infra/check.sh
+
+infra-plan: setup ## real terraform plan + terraform-compliance (needs a Google account and network)
+	bash infra/plan.sh

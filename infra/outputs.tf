@@ -1,0 +1,105 @@
+# What the other units need to find the deployed pipeline, and commands ready to paste.
+
+output "bucket_names" {
+  description = "Bucket names by role."
+  value = {
+    uploads         = google_storage_bucket.uploads.name
+    models          = google_storage_bucket.models.name
+    results         = google_storage_bucket.results.name
+    dataflow_temp   = google_storage_bucket.dataflow_temp.name
+    training_data   = google_storage_bucket.training_data.name
+    function_source = google_storage_bucket.function_source.name
+    access_logs     = google_storage_bucket.access_logs.name
+  }
+}
+
+output "uploads_bucket" {
+  description = "Images copied here are scored by the function."
+  value       = google_storage_bucket.uploads.name
+}
+
+output "models_bucket" {
+  description = "SavedModels live at gs://<models_bucket>/<model_name>/<version>/."
+  value       = google_storage_bucket.models.name
+}
+
+output "results_bucket" {
+  description = "Beam scoring and evaluation outputs."
+  value       = google_storage_bucket.results.name
+}
+
+output "model_uri" {
+  description = "The model root the function and Beam load (latest integer version inside)."
+  value       = local.model_uri
+}
+
+output "function_name" {
+  description = "The upload-triggered function."
+  value       = google_cloudfunctions2_function.on_upload.name
+}
+
+output "http_function_name" {
+  description = "The HTTP scoring function, or null when deploy_http_function is false."
+  value       = var.deploy_http_function ? google_cloudfunctions2_function.predict_http[0].name : null
+}
+
+output "http_function_url" {
+  description = "URL of predict_http (callers need roles/run.invoker and an identity token)."
+  value       = var.deploy_http_function ? google_cloudfunctions2_function.predict_http[0].url : null
+}
+
+output "service_accounts" {
+  description = "Service account emails by unit."
+  value       = { for unit, sa in google_service_account.pipeline : unit => sa.email }
+}
+
+output "training_image" {
+  description = "The image the training job runs; push it before executing the job."
+  value       = local.training_image
+}
+
+output "dataflow_image" {
+  description = "The Beam SDK container image the Dataflow commands use."
+  value       = local.dataflow_image
+}
+
+output "training_job_name" {
+  description = "The Cloud Run job that trains and exports a new model version."
+  value       = google_cloud_run_v2_job.training.name
+}
+
+output "upload_command" {
+  description = "Score one image with the function; its outputs appear beside it."
+  value       = "gsutil cp image.png gs://${google_storage_bucket.uploads.name}/"
+}
+
+output "train_command" {
+  description = "Run the training job and wait for it."
+  value       = "gcloud run jobs execute ${google_cloud_run_v2_job.training.name} --project ${var.project_id} --region ${var.region} --wait"
+}
+
+output "docker_push_commands" {
+  description = "Tag and push locally built training and Dataflow images."
+  value = join(" && ", [
+    "gcloud auth configure-docker ${var.region}-docker.pkg.dev",
+    "docker push ${local.training_image}",
+    "docker push ${local.dataflow_image}",
+  ])
+}
+
+output "score_command" {
+  description = "Score every image in the uploads bucket with Beam on Dataflow (change run1 per run)."
+  value = join(" ", [
+    "python -m beam_jobs.score",
+    "--input 'gs://${google_storage_bucket.uploads.name}/**.png'",
+    "--model ${local.model_uri}",
+    "--output gs://${google_storage_bucket.results.name}/run1/",
+    "--runner DataflowRunner",
+    "--project ${var.project_id}",
+    "--region ${var.region}",
+    "--temp_location gs://${google_storage_bucket.dataflow_temp.name}/tmp",
+    "--staging_location gs://${google_storage_bucket.dataflow_temp.name}/staging",
+    "--service_account_email ${google_service_account.pipeline["dataflow"].email}",
+    "--sdk_container_image ${local.dataflow_image}",
+  ])
+}
