@@ -120,7 +120,7 @@ def list_versions(model_root: str) -> list[int]:
     return sorted(versions)
 
 
-def _next_version(model_root: str) -> int:
+def next_version(model_root: str) -> int:
     """One more than any version folder present, complete or not."""
     prefix = model_root.rstrip("/") + "/"
     seen = [0]
@@ -172,7 +172,7 @@ def export_model(
     import keras
 
     model_root = f"{models_root.rstrip('/')}/{model_name}"
-    version = version or _next_version(model_root)
+    version = version or next_version(model_root)
     metadata = contract.ModelMetadata(
         model_name=model_name,
         version=version,

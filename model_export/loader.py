@@ -86,7 +86,11 @@ def _local_copy(version_uri: str, cache_dir: str | None) -> Path:
     if not storage.is_gcs(version_uri):
         return storage.local_path(version_uri)
     root = Path(cache_dir or tempfile.gettempdir()) / "histoscreen-models"
-    digest = hashlib.sha256(version_uri.encode()).hexdigest()[:16]
+    # Key by the object's generation too: the same URI can name another model
+    # (a bucket re-created, an emulator restarted), and a stale copy must not load.
+    pb = storage.stat(storage.join(version_uri, contract.SAVED_MODEL_FILE))
+    key = f"{version_uri}#{pb.generation}#{pb.size}"
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
     target = root / digest
     marker = target / ".complete"
     if not marker.exists():
@@ -205,6 +209,8 @@ def load_model(uri: str, *, cache_dir: str | None = None) -> LoadedModel:
         )
     try:
         local = _local_copy(version_uri, cache_dir)
+    except storage.ObjectNotFound as exc:
+        raise ModelLoadError(f"{version_uri} has no {contract.SAVED_MODEL_FILE}") from exc
     except storage.StorageError as exc:
         raise ModelLoadError(f"cannot download model {version_uri}: {exc}") from exc
     if not (local / contract.SAVED_MODEL_FILE).is_file():

@@ -43,7 +43,9 @@ def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
     images = np.stack(
         [decode_and_resize(tf.constant(p.read_bytes()), IMAGE_SIZE).numpy() for p in paths]
     )
-    model = build_custom_cnn(IMAGE_SIZE, filters=(8, 16, 32), dense_units=(32,), dropout=0.2)
+    model = build_custom_cnn(
+        IMAGE_SIZE, filters=(8, 16, 32), convs_per_block=(1, 1, 1), dense_units=(32,), dropout=0.2
+    )
     model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
     model.fit(images, labels, epochs=12, batch_size=16, verbose=0)
     result = export_model(

@@ -20,9 +20,9 @@ MOBILENET_V2 = "mobilenet_v2"
 ARCHITECTURES = (CUSTOM_CNN, MOBILENET_V2)
 
 
-def _conv_block(x, filters: int, l2: float, dropout: float, pool: bool, name: str):  # type: ignore[no-untyped-def]
-    """Two 3x3 convolutions with batch norm and ReLU; then pooling and dropout if asked."""
-    for i in (1, 2):
+def _conv_block(x, filters: int, convs: int, l2: float, dropout: float, pool: bool, name: str):  # type: ignore[no-untyped-def]
+    """3x3 convolutions with batch norm and ReLU; then pooling and dropout if asked."""
+    for i in range(1, convs + 1):
         x = layers.Conv2D(
             filters,
             3,
@@ -44,20 +44,29 @@ def build_custom_cnn(
     n_outputs: int = 1,
     *,
     filters: tuple[int, ...] = (32, 64, 128),
-    dense_units: tuple[int, ...] = (256, 128),
+    convs_per_block: tuple[int, ...] = (1, 2, 2),
+    dense_units: tuple[int, ...] = (128,),
     dropout: float = 0.5,
     l2: float = 1e-4,
 ) -> keras.Model:
-    """The original app's CNN, with batch norm: conv blocks (32, 64, 128) -> dense 256 -> 128.
+    """The original app's CNN grown a little: conv blocks of 32, 64, 128 filters with
+    batch norm, pooling and dropout, then global average pooling and a dense head.
 
-    The backbone ends at the last block's convolutions (before its pooling) so
-    Grad-CAM has the finest map; pooling, dropout and the dense layers form the head.
+    Compared with the original (one convolution per block, Flatten, dense 256 -> 128)
+    the later blocks have two convolutions (more depth where the maps are small and
+    cheap) and global pooling replaces Flatten (fewer weights, less over-fitting to
+    position). The backbone ends at the last block's convolutions, before its pooling,
+    so Grad-CAM has the finest map; pooling, dropout and the dense layers form the head.
     """
+    if len(convs_per_block) != len(filters):
+        raise ValueError("convs_per_block needs one entry per block in filters")
     inputs = keras.Input((image_size, image_size, 3), name="image")
     x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
     for i, f in enumerate(filters):
         last = i == len(filters) - 1
-        x = _conv_block(x, f, l2, dropout * 0.5, pool=not last, name=f"block{i + 1}")
+        x = _conv_block(
+            x, f, convs_per_block[i], l2, dropout * 0.5, pool=not last, name=f"block{i + 1}"
+        )
     backbone = keras.Model(inputs, x, name="backbone")
 
     feat = keras.Input(backbone.output.shape[1:], name="features")

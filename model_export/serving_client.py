@@ -1,0 +1,122 @@
+"""Client for a model served by TensorFlow Serving (gRPC), and its ``models.config``.
+
+TF Serving serves the same SavedModel folders (``<base>/<name>/<version>/``); this
+client sends raw encoded images to a signature and returns numpy outputs with the
+same keys as :meth:`model_export.loader.LoadedModel.run`, so callers can switch
+between an in-process model and a served one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from model_export import contract
+
+DEFAULT_TIMEOUT_S = 30.0
+
+
+class ServingError(RuntimeError):
+    """The TF Serving endpoint could not answer; the message names it."""
+
+
+def _string_tensor(values: Sequence[bytes]):  # type: ignore[no-untyped-def]
+    from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
+
+    return tensor_pb2.TensorProto(
+        dtype=types_pb2.DT_STRING,
+        tensor_shape=tensor_shape_pb2.TensorShapeProto(
+            dim=[tensor_shape_pb2.TensorShapeProto.Dim(size=len(values))]
+        ),
+        string_val=list(values),
+    )
+
+
+def to_ndarray(proto) -> np.ndarray:  # type: ignore[no-untyped-def]
+    """Convert a TensorProto (from a PredictResponse) to numpy."""
+    import tensorflow as tf
+
+    return tf.make_ndarray(proto)
+
+
+def from_ndarray(array: np.ndarray):  # type: ignore[no-untyped-def]
+    """Convert numpy to a TensorProto (for servers and tests)."""
+    import tensorflow as tf
+
+    return tf.make_tensor_proto(array)
+
+
+class ServingClient:
+    """Sends batches of encoded images to a TF Serving ``PredictionService``."""
+
+    def __init__(
+        self,
+        endpoint: str,
+        model_name: str = contract.DEFAULT_MODEL_NAME,
+        *,
+        version: int | None = None,
+        timeout_s: float = DEFAULT_TIMEOUT_S,
+    ) -> None:
+        import grpc
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        if ":" not in endpoint:
+            raise ValueError(f"endpoint {endpoint!r} must be host:port (TF Serving's gRPC port)")
+        self.endpoint = endpoint
+        self.model_name = model_name
+        self.version = version
+        self.timeout_s = timeout_s
+        options = [
+            ("grpc.max_receive_message_length", 256 * 1024 * 1024),
+            ("grpc.max_send_message_length", 256 * 1024 * 1024),
+        ]
+        self._channel = grpc.insecure_channel(endpoint, options=options)
+        self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
+
+    def predict(
+        self, images: Sequence[bytes], signature: str = contract.PREDICT_SIGNATURE
+    ) -> dict[str, np.ndarray]:
+        """Call ``signature`` on a batch of encoded images; outputs as numpy arrays."""
+        import grpc
+        from tensorflow_serving.apis import predict_pb2
+
+        request = predict_pb2.PredictRequest()
+        request.model_spec.name = self.model_name
+        request.model_spec.signature_name = signature
+        if self.version is not None:
+            request.model_spec.version.value = self.version
+        request.inputs[contract.INPUT_KEY].CopyFrom(_string_tensor(images))
+        try:
+            response = self._stub.Predict(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise ServingError(
+                f"TF Serving at {self.endpoint} failed for model {self.model_name}: "
+                f"{exc.code().name}: {exc.details()}"
+            ) from exc
+        return {key: to_ndarray(value) for key, value in response.outputs.items()}
+
+    def close(self) -> None:
+        """Close the gRPC channel."""
+        self._channel.close()
+
+
+def serving_config(models: dict[str, str]) -> str:
+    """TF Serving ``models.config`` text for ``{model name: base path}``.
+
+    The base path is the model root (``<models>/<name>``), which TF Serving scans
+    for integer versions and serves the latest of.
+    """
+    entries = []
+    for name, base_path in sorted(models.items()):
+        if not contract.MODEL_NAME_RE.match(name):
+            raise ValueError(f"model name {name!r} is not valid")
+        entries.append(
+            "  config {\n"
+            f"    name: '{name}'\n"
+            f"    base_path: '{base_path.rstrip('/')}'\n"
+            "    model_platform: 'tensorflow'\n"
+            "    model_version_policy { latest { num_versions: 1 } }\n"
+            "  }"
+        )
+    return "model_config_list {\n" + "\n".join(entries) + "\n}\n"

@@ -1,0 +1,194 @@
+"""The training job end to end (CLI, config, gs://), its errors, and its container."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from histo_common import storage
+from training.__main__ import config_from_args, main
+from training.config import ConfigError, TrainConfig
+
+REPO = Path(__file__).resolve().parents[2]
+QUICK = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--verbose", "0"]
+
+
+def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    out = tmp_path / "models"
+    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK]) == 0
+    printed = capsys.readouterr().out
+    assert "histo-cnn/1" in printed and "Research use only" in printed
+    version = out / "histo-cnn" / "1"
+    meta = json.loads((version / "metadata.json").read_text())
+    assert meta["class_names"] == ["benign", "malignant"]
+    assert meta["image_size"] == 32
+    assert meta["threshold"] == 0.5
+    assert "fixed at 0.5" in meta["threshold_method"]
+    assert meta["training_data"]["images"] == 80
+    assert meta["training_data"]["split"] == "stratified"
+    assert meta["training_config"]["epochs"] == 2
+    for key in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy"):
+        assert key in meta["validation_metrics"]
+    run = Path(meta["run_uri"])
+    assert run == out / "runs" / "histo-cnn" / "1"
+    history = (run / "history.csv").read_text().splitlines()
+    assert history[0].startswith("epoch") and len(history) == 3
+    split = (run / "split.csv").read_text().splitlines()
+    assert len(split) == 81 and split[0] == "uri,label,patient_id,split"
+    assert (run / "checkpoint.keras").is_file()
+    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    # A second run becomes version 2; the first stays.
+    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK, "--epochs", "1"]) == 0
+    assert (out / "histo-cnn" / "2" / "metadata.json").is_file()
+
+
+def test_train_from_and_to_gcs_then_load(sample_dir: Path, gcs_bucket: str) -> None:
+    from model_export.loader import load_model
+
+    data = f"{gcs_bucket}/training-data"
+    for path in sorted(sample_dir.rglob("*.png")):
+        storage.write_bytes(f"{data}/{path.parent.name}/{path.name}", path.read_bytes())
+    models = f"{gcs_bucket}/models"
+    assert main(["--data", data, "--output", models, *QUICK, "--model-name", "gcs-model"]) == 0
+    model = load_model(f"{models}/gcs-model")
+    assert model.uri == f"{models}/gcs-model/1"
+    assert storage.exists(f"{models}/runs/gcs-model/1/history.csv")
+    images = [p.read_bytes() for p in sorted(sample_dir.rglob("*.png"))[:4]]
+    assert all(0.0 <= p.probability <= 1.0 for p in model.predict(images))
+
+
+def test_config_file_and_flags(tmp_path: Path) -> None:
+    cfg = tmp_path / "train.yaml"
+    cfg.write_text(
+        "data: gs://bucket/data\noutput: gs://bucket/models\nepochs: 7\ndropout: 0.3\n"
+        "augmentation:\n  stain: 0.1\n  flip: false\n"
+    )
+    config = config_from_args(["--config", str(cfg), "--epochs", "9", "--aug-hue", "0.05"])
+    assert config.epochs == 9  # the flag wins
+    assert config.dropout == 0.3  # from the file
+    assert config.augmentation.stain == 0.1 and config.augmentation.flip is False
+    assert config.augmentation.hue == 0.05
+    js = tmp_path / "train.json"
+    js.write_text(json.dumps({"data": "d", "output": "o", "architecture": "mobilenet_v2"}))
+    assert config_from_args(["--config", str(js)]).transfer_learning
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--learning-rate", "2"], "learning_rate"),
+        (["--image-size", "8"], "image_size"),
+        (["--dropout", "1.5"], "dropout"),
+        (["--model-name", "../evil"], "model_name"),
+        (["--aug-zoom", "0.9"], "augmentation.zoom"),
+        (["--validation-fraction", "0.9"], "validation_fraction"),
+    ],
+)
+def test_bad_flags_name_the_field(flags: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--data", "d", "--output", "o", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error:") and message in err
+    assert "Traceback" not in err
+
+
+def test_unknown_config_field(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.json"
+    cfg.write_text('{"data": "d", "output": "o", "epoch": 3}')
+    with pytest.raises(ConfigError, match="unknown fields: \\['epoch'\\]"):
+        config_from_args(["--config", str(cfg)])
+
+
+def test_bad_data_folder_fails_clearly(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    assert main(["--data", str(tmp_path / "none"), "--output", str(tmp_path / "m")]) == 2
+    assert "no labelled images found under" in capsys.readouterr().err
+
+
+def test_transfer_learning_weights_errors(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    import keras
+
+    from training.train import TrainingError, build_model
+
+    config = TrainConfig(
+        data="d",
+        output="o",
+        architecture="mobilenet_v2",
+        weights=str(tmp_path / "missing.h5"),
+        image_size=48,
+    )
+    with pytest.raises(TrainingError, match="does not exist"):
+        build_model(config, 2)
+
+    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+        raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
+
+    monkeypatch.setattr(keras.utils, "get_file", offline)
+    import keras.src.applications.mobilenet_v2 as mnv2
+
+    monkeypatch.setattr(mnv2.file_utils, "get_file", offline)
+    with pytest.raises(
+        TrainingError, match=r"could not download the ImageNet weights.*--weights PATH"
+    ):
+        build_model(
+            TrainConfig(
+                data="d", output="o", architecture="mobilenet_v2", weights="imagenet", image_size=48
+            ),
+            2,
+        )
+
+
+def test_alpha_is_read_from_weights_file_name() -> None:
+    config = TrainConfig(
+        data="d",
+        output="o",
+        architecture="mobilenet_v2",
+        weights="/w/mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5",
+    )
+    assert config.resolved_alpha == 0.5
+
+
+def test_youden_threshold_on_known_scores() -> None:
+    from training.train import binary_metrics, choose_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.7, 0.6, 0.8, 0.9, 0.95])
+    threshold, how = choose_threshold(y, s, "youden", 0.5)
+    assert threshold == pytest.approx(0.6)
+    assert "Youden" in how
+    m = binary_metrics(y, s, threshold)
+    assert m["sensitivity"] == 1.0 and m["specificity"] == 0.75
+    assert m["balanced_accuracy"] == pytest.approx(0.875)
+    assert choose_threshold(y, s, "fixed", 0.4) == (0.4, "fixed at 0.4")
+    assert choose_threshold(y, s, "fixed", 0.5)[0] == 0.5
+
+
+def _pins(path: Path) -> dict[str, str]:
+    pins = {}
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line and not line.startswith("-"):
+            name, _, version = line.partition("==")
+            pins[name.lower()] = version
+    return pins
+
+
+def test_dockerfile_entrypoint_and_requirements_match() -> None:
+    dockerfile = (REPO / "training" / "Dockerfile").read_text()
+    assert re.search(r'ENTRYPOINT \["python", "-m", "training"\]', dockerfile)
+    for package in ("histo_common", "model_export", "training"):
+        assert re.search(rf"COPY {package}/? ", dockerfile), package
+    assert "COPY training/requirements.txt" in dockerfile
+    job, top = _pins(REPO / "training" / "requirements.txt"), _pins(REPO / "requirements.txt")
+    assert {"tensorflow", "keras", "google-cloud-storage", "tensorboard"} <= set(job)
+    for name, version in job.items():
+        assert version, f"{name} is not pinned in training/requirements.txt"
+        assert top.get(name) == version, f"{name}=={version} differs from requirements.txt"
+    # Every module the job imports from outside the project is installed by its requirements.
+    import_names = {"yaml": "pyyaml", "sklearn": "scikit-learn", "PIL": "pillow"}
+    sources = " ".join(p.read_text() for p in (REPO / "training").glob("*.py"))
+    for module, package in import_names.items():
+        if re.search(rf"^\s*(import|from) {module}\b", sources, re.M):
+            assert package in job, f"training imports {module} but does not install {package}"

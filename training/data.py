@@ -1,0 +1,265 @@
+"""Training data: reading labelled images, splitting by patient, and the tf.data pipeline.
+
+Stages, in order: :func:`load_examples` (list, read and check every image, one
+clear error for bad ones), :func:`split_examples` (by patient when patient ids
+exist, else stratified by image), :func:`make_dataset` (parallel decode with the
+contract's own decoder, cache, shuffle, augment, batch, prefetch).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from histo_common import storage
+from histo_common.images import ImageError, inspect_image, prepare_for_model
+from histo_common.labels import LabelledImage, LabelsError, discover_labelled_images
+from training.config import Augmentation
+
+logger = logging.getLogger(__name__)
+
+_READ_THREADS = 16
+
+
+class DataError(ValueError):
+    """Training data that cannot be used; the message names what and where."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One labelled image with its encoded bytes, ready for the model's decoder."""
+
+    uri: str
+    label: int
+    patient_id: str | None
+    data: bytes
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """All examples of a run with their class names."""
+
+    examples: list[Example]
+    class_names: list[str]
+
+    def summary(self) -> dict[str, object]:
+        """Counts per class and number of patients (for metadata and logs)."""
+        counts = Counter(self.class_names[e.label] for e in self.examples)
+        patients = {e.patient_id for e in self.examples if e.patient_id is not None}
+        return {
+            "images": len(self.examples),
+            "per_class": {name: counts.get(name, 0) for name in self.class_names},
+            "patients": len(patients),
+        }
+
+
+def _read_one(item: LabelledImage) -> tuple[LabelledImage, bytes | None, str | None]:
+    try:
+        data = storage.read_bytes(item.uri)
+        info = inspect_image(data)
+        return item, prepare_for_model(data, info), None
+    except (storage.StorageError, ImageError) as exc:
+        return item, None, str(exc)
+
+
+def load_examples(data_uri: str, *, skip_bad_images: bool = False) -> Dataset:
+    """Read and check every labelled image under ``data_uri``.
+
+    Args:
+        data_uri: a folder laid out ``<root>/<class>/*`` or a labels CSV.
+        skip_bad_images: log and skip unreadable images instead of failing.
+
+    Raises:
+        DataError: no images, fewer than two classes, or unreadable images (named).
+    """
+    try:
+        items = discover_labelled_images(data_uri)
+    except LabelsError as exc:
+        raise DataError(str(exc)) from exc
+    class_names = sorted({item.label for item in items})
+    if len(class_names) < 2:
+        raise DataError(
+            f"only one class ({class_names[0]!r}) found in {data_uri}; training needs at "
+            "least two (e.g. benign/ and malignant/ folders)"
+        )
+    with ThreadPoolExecutor(_READ_THREADS) as pool:
+        results = list(pool.map(_read_one, items))
+    bad = [(item.uri, reason) for item, data, reason in results if data is None]
+    if bad and not skip_bad_images:
+        listed = "; ".join(f"{uri}: {reason}" for uri, reason in bad[:10])
+        more = f" (and {len(bad) - 10} more)" if len(bad) > 10 else ""
+        raise DataError(
+            f"{len(bad)} unreadable image(s) in {data_uri}: {listed}{more}. "
+            "Fix or remove them, or pass --skip-bad-images"
+        )
+    for uri, reason in bad:
+        logger.warning("Skipping %s: %s", uri, reason)
+    examples = [
+        Example(item.uri, class_names.index(item.label), item.patient_id, data)
+        for item, data, _ in results
+        if data is not None
+    ]
+    present = {e.label for e in examples}
+    if len(present) < 2:
+        raise DataError(f"after skipping bad images, {data_uri} has fewer than two classes")
+    return Dataset(examples=examples, class_names=class_names)
+
+
+@dataclass(frozen=True)
+class Split:
+    """Train and validation indices into a :class:`Dataset`, and how they were made."""
+
+    train: list[int]
+    validation: list[int]
+    method: str  # "patient" or "stratified"
+    validation_patients: list[str]
+
+
+def split_examples(dataset: Dataset, validation_fraction: float, seed: int) -> Split:
+    """Split by patient when every image has a patient id, else stratified by image.
+
+    The patient split never puts one patient on both sides; it adds whole patients
+    to validation, in a seeded random order, until it holds about
+    ``validation_fraction`` of the images and every class, while leaving every
+    class in training too.
+    """
+    examples = dataset.examples
+    rng = np.random.default_rng(seed)
+    n_classes = len(dataset.class_names)
+    patients = [e.patient_id for e in examples]
+    if all(p is not None for p in patients) and len(set(patients)) >= 3:
+        by_patient: dict[str, list[int]] = {}
+        for i, p in enumerate(patients):
+            by_patient.setdefault(p, []).append(i)
+        labels_of = {p: {examples[i].label for i in idx} for p, idx in by_patient.items()}
+        target = validation_fraction * len(examples)
+        for _attempt in range(200):
+            order = list(rng.permutation(sorted(by_patient)))
+            chosen: list[str] = []
+            size = 0
+            for p in order:
+                if size >= target:
+                    break
+                chosen.append(p)
+                size += len(by_patient[p])
+            val_classes = set().union(*(labels_of[p] for p in chosen))
+            rest = [p for p in by_patient if p not in chosen]
+            train_classes = set().union(*(labels_of[p] for p in rest)) if rest else set()
+            if len(val_classes) == n_classes and len(train_classes) == n_classes:
+                val_set = set(chosen)
+                val = [i for p in chosen for i in by_patient[p]]
+                train = [i for p in by_patient if p not in val_set for i in by_patient[p]]
+                return Split(sorted(train), sorted(val), "patient", sorted(chosen))
+        logger.warning(
+            "No patient split puts every class on both sides; splitting by image instead"
+        )
+    labels = np.array([e.label for e in examples])
+    val: list[int] = []
+    for c in range(n_classes):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        k = max(1, round(validation_fraction * len(idx))) if len(idx) > 1 else 0
+        val.extend(int(i) for i in idx[:k])
+    val_set = set(val)
+    train = [i for i in range(len(examples)) if i not in val_set]
+    return Split(sorted(train), sorted(val), "stratified", [])
+
+
+def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
+    """Balanced weights: n / (k * count_c), so each class counts equally in the loss."""
+    counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
+    counts[counts == 0] = 1.0
+    weights = len(labels) / (n_classes * counts)
+    return {i: float(w) for i, w in enumerate(weights)}
+
+
+# ----------------------------------------------------------------- tf.data
+
+
+def _stain_matrix():  # type: ignore[no-untyped-def]
+    import tensorflow as tf
+
+    # Haematoxylin, eosin, DAB optical densities (Ruifrok & Johnston 2001), rows normalised.
+    rgb_from_hed = np.array(
+        [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]], dtype=np.float32
+    )
+    rgb_from_hed /= np.linalg.norm(rgb_from_hed, axis=1, keepdims=True)
+    hed_from_rgb = np.linalg.inv(rgb_from_hed)
+    return tf.constant(rgb_from_hed), tf.constant(hed_from_rgb)
+
+
+def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyped-def]
+    """Random H&E-aware augmentation of one ``[S, S, 3]`` float image in [0, 255]."""
+    import tensorflow as tf
+
+    x = image
+    if aug.flip:
+        x = tf.image.random_flip_left_right(x)
+        x = tf.image.random_flip_up_down(x)
+    if aug.rotate90:
+        x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
+    if aug.zoom > 0:
+        keep = tf.random.uniform([], 1.0 - aug.zoom, 1.0)
+        side = tf.cast(tf.round(keep * image_size), tf.int32)
+        x = tf.image.random_crop(x, tf.stack([side, side, 3]))
+        x = tf.image.resize(x, [image_size, image_size], method="bilinear")
+    if aug.stain > 0:
+        rgb_from_hed, hed_from_rgb = _stain_matrix()
+        od = -tf.math.log((x + 1.0) / 256.0)
+        hed = tf.reshape(od, [-1, 3]) @ hed_from_rgb
+        scale = tf.random.uniform([1, 3], 1.0 - aug.stain, 1.0 + aug.stain)
+        shift = tf.random.uniform([1, 3], -aug.stain, aug.stain)
+        od = tf.reshape((hed * scale + shift) @ rgb_from_hed, tf.shape(x))
+        x = 256.0 * tf.exp(-tf.maximum(od, 0.0)) - 1.0
+    x = tf.clip_by_value(x, 0.0, 255.0) / 255.0
+    if aug.brightness > 0:
+        x = tf.image.random_brightness(x, aug.brightness)
+    if aug.contrast > 0:
+        x = tf.image.random_contrast(x, 1.0 - aug.contrast, 1.0 + aug.contrast)
+    if aug.saturation > 0:
+        x = tf.image.random_saturation(x, 1.0 - aug.saturation, 1.0 + aug.saturation)
+    if aug.hue > 0:
+        x = tf.image.random_hue(x, aug.hue)
+    return tf.clip_by_value(x, 0.0, 1.0) * 255.0
+
+
+def make_dataset(
+    examples: list[Example],
+    indices: list[int],
+    *,
+    image_size: int,
+    batch_size: int,
+    training: bool,
+    augmentation: Augmentation | None = None,
+    seed: int = 0,
+):  # type: ignore[no-untyped-def]
+    """Build the tf.data pipeline for a subset of examples.
+
+    Decoding uses the SavedModel's own decoder (``model_export.preprocessing``), in
+    parallel, and is cached once; training adds shuffling and augmentation.
+    """
+    import tensorflow as tf
+
+    from model_export.preprocessing import decode_and_resize
+
+    data = tf.constant([examples[i].data for i in indices], dtype=tf.string)
+    labels = tf.constant([examples[i].label for i in indices], dtype=tf.float32)
+    ds = tf.data.Dataset.from_tensor_slices((data, labels))
+    ds = ds.map(
+        lambda b, y: (decode_and_resize(b, image_size), y),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=True,
+    ).cache()
+    if training:
+        ds = ds.shuffle(len(indices), seed=seed, reshuffle_each_iteration=True)
+        if augmentation is not None:
+            ds = ds.map(
+                lambda x, y: (augment(x, augmentation, image_size), y),
+                num_parallel_calls=tf.data.AUTOTUNE,
+            )
+    options = tf.data.Options()
+    options.deterministic = not training
+    return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)

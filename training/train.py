@@ -1,0 +1,401 @@
+"""The training job: data -> split -> fit -> threshold -> export.
+
+:func:`train` is the one public entry point (the CLI in ``training.__main__`` and
+the container call it). A run writes:
+
+- the model version, via ``model_export``: ``<output>/<model-name>/<version>/``;
+- the run's record: ``<output>/runs/<model-name>/<version>/`` with ``split.csv``,
+  ``history.csv``, ``metrics.json``, ``config.json``, TensorBoard ``logs/`` and the
+  best ``checkpoint.keras``.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import os
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from histo_common import storage
+from training.config import TrainConfig
+from training.data import Dataset, Split, class_weights, load_examples, make_dataset, split_examples
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingError(RuntimeError):
+    """A training run that cannot go on; the message says why and what to do."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a finished run produced."""
+
+    model_uri: str
+    version: int
+    run_uri: str
+    threshold: float
+    validation_metrics: dict[str, float]
+    epochs_run: int
+    train_seconds: float
+
+
+def build_model(config: TrainConfig, n_classes: int):  # type: ignore[no-untyped-def]
+    """Build the configured architecture (private to the run, public for tests)."""
+    from training import models
+
+    n_outputs = 1 if n_classes == 2 else n_classes
+    if config.architecture == models.MOBILENET_V2:
+        weights = config.weights_source
+        if weights is not None and weights != "imagenet" and not os.path.isfile(weights):
+            raise TrainingError(
+                f"weights file {weights} does not exist: pass --weights PATH to Keras's "
+                "MobileNetV2 no-top .h5 file, 'imagenet' to download them, or 'none'"
+            )
+        try:
+            return models.build_mobilenet_v2(
+                config.image_size,
+                n_outputs,
+                weights=weights,
+                alpha=config.resolved_alpha,
+                dropout=config.dropout,
+                l2=config.l2,
+            )
+        except Exception as exc:
+            if weights == "imagenet":
+                raise TrainingError(
+                    "could not download the ImageNet weights for MobileNetV2 "
+                    f"({type(exc).__name__}: {exc}). Without network access, pass "
+                    "--weights PATH to Keras's no-top .h5 file (with --alpha to match it), "
+                    "or --weights none"
+                ) from exc
+            raise TrainingError(
+                f"could not build MobileNetV2 with weights {weights}: {exc}"
+            ) from exc
+    return models.build_custom_cnn(
+        config.image_size, n_outputs, dropout=config.dropout, l2=config.l2
+    )
+
+
+def choose_threshold(
+    y_true: np.ndarray, scores: np.ndarray, method: str, fixed: float
+) -> tuple[float, str]:
+    """Pick the decision threshold on validation predictions.
+
+    ``youden`` maximises sensitivity + specificity - 1 (balanced accuracy) over the
+    ROC curve of the validation patients; ties go to the threshold nearest 0.5.
+    """
+    from sklearn.metrics import roc_curve
+
+    if method == "fixed" or len(np.unique(y_true)) < 2:
+        if fixed == 0.5:
+            return 0.5, (
+                "fixed at 0.5: training weights the classes equally, so 0.5 is the "
+                "balanced-accuracy threshold (validation on few patients picks noisy ones)"
+            )
+        return float(fixed), f"fixed at {fixed}"
+    fpr, tpr, thresholds = roc_curve(y_true, scores)
+    j = tpr - fpr
+    finite = np.isfinite(thresholds)
+    best = np.flatnonzero(np.isclose(j, j[finite].max()) & finite)
+    pick = best[np.argmin(np.abs(thresholds[best] - 0.5))]
+    threshold = float(np.clip(thresholds[pick], 1e-6, 1 - 1e-6))
+    return threshold, "Youden's J (max sensitivity + specificity) on held-out validation patients"
+
+
+def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
+    """AUC, accuracy, balanced accuracy, sensitivity, specificity, precision, F1."""
+    from sklearn.metrics import roc_auc_score
+
+    pred = scores >= threshold
+    pos, neg = y_true == 1, y_true == 0
+    tp, tn = int((pred & pos).sum()), int((~pred & neg).sum())
+    fp, fn = int((pred & neg).sum()), int((~pred & pos).sum())
+    sens = tp / max(1, tp + fn)
+    spec = tn / max(1, tn + fp)
+    prec = tp / max(1, tp + fp)
+    return {
+        "auc": float(roc_auc_score(y_true, scores)) if pos.any() and neg.any() else float("nan"),
+        "accuracy": (tp + tn) / max(1, len(y_true)),
+        "balanced_accuracy": (sens + spec) / 2,
+        "sensitivity": sens,
+        "specificity": spec,
+        "precision": prec,
+        "f1": 2 * prec * sens / max(1e-12, prec + sens),
+        "threshold": threshold,
+        "n": len(y_true),
+    }
+
+
+class _TimeBudget:
+    """Stops training once a wall-clock budget is spent (keeps the best weights)."""
+
+    def __new__(cls, minutes: float):  # type: ignore[no-untyped-def]
+        import keras
+
+        class TimeBudget(keras.callbacks.Callback):
+            def __init__(self) -> None:
+                super().__init__()
+                self.deadline = time.monotonic() + minutes * 60.0
+                self.epoch_seconds = 0.0
+                self.started = 0.0
+
+            def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+                self.started = time.monotonic()
+
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                self.epoch_seconds = max(self.epoch_seconds, time.monotonic() - self.started)
+                if time.monotonic() + self.epoch_seconds > self.deadline:
+                    logger.info(
+                        "Time budget of %.1f min reached after epoch %d", minutes, epoch + 1
+                    )
+                    self.model.stop_training = True
+
+        return TimeBudget()
+
+
+def _callbacks(config: TrainConfig, run_dir: Path, budget_minutes: float | None):  # type: ignore[no-untyped-def]
+    import keras
+
+    callbacks = [
+        keras.callbacks.ModelCheckpoint(
+            str(run_dir / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
+        ),
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc",
+            mode="max",
+            patience=config.early_stopping_patience,
+            restore_best_weights=True,
+        ),
+        keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=0.5, patience=3, min_lr=config.learning_rate / 50
+        ),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+    if budget_minutes is not None:
+        callbacks.append(_TimeBudget(budget_minutes))
+    return callbacks
+
+
+def _compile(model, learning_rate: float, n_classes: int) -> None:  # type: ignore[no-untyped-def]
+    import keras
+
+    if n_classes == 2:
+        loss = keras.losses.BinaryCrossentropy()
+        metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
+    else:
+        loss = keras.losses.SparseCategoricalCrossentropy()
+        metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+
+
+def _predict_scores(model, examples, indices, image_size: int, batch_size: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+    ds = make_dataset(
+        examples, indices, image_size=image_size, batch_size=batch_size, training=False
+    )
+    out = model.predict(ds, verbose=0)
+    return out[:, 0] if out.shape[-1] == 1 else out
+
+
+def _split_csv(dataset: Dataset, split: Split) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out)
+    writer.writerow(["uri", "label", "patient_id", "split"])
+    for name, idx in (("train", split.train), ("validation", split.validation)):
+        for i in idx:
+            e = dataset.examples[i]
+            writer.writerow([e.uri, dataset.class_names[e.label], e.patient_id or "", name])
+    return out.getvalue()
+
+
+def train(config: TrainConfig) -> TrainResult:
+    """Run a whole training job and export the model.
+
+    Raises:
+        DataError: bad training data (named).
+        TrainingError: a run that cannot go on (weights, too little data).
+    """
+    import keras
+
+    from model_export.export import export_model, next_version
+
+    started = time.monotonic()
+    keras.utils.set_random_seed(config.seed)
+    logger.info("Reading training data from %s", config.data)
+    dataset = load_examples(config.data, skip_bad_images=config.skip_bad_images)
+    n_classes = len(dataset.class_names)
+    if config.positive_class not in dataset.class_names:
+        raise TrainingError(
+            f"positive class {config.positive_class!r} is not among the classes found in "
+            f"{config.data}: {dataset.class_names}"
+        )
+    split = split_examples(dataset, config.validation_fraction, config.seed)
+    logger.info(
+        "%s; split by %s: %d train, %d validation images%s",
+        json.dumps(dataset.summary()),
+        split.method,
+        len(split.train),
+        len(split.validation),
+        f" (validation patients {', '.join(split.validation_patients)})"
+        if split.validation_patients
+        else "",
+    )
+    if len(split.train) < 2 or len(split.validation) < 2:
+        raise TrainingError(f"too few images in {config.data} to train and validate")
+
+    model_root = f"{config.output.rstrip('/')}/{config.model_name}"
+    version = next_version(model_root)
+    run_uri = f"{config.output.rstrip('/')}/runs/{config.model_name}/{version}"
+
+    examples = dataset.examples
+    train_labels = np.array([examples[i].label for i in split.train])
+    weights = class_weights(train_labels, n_classes)
+    common = {"image_size": config.image_size, "batch_size": config.batch_size}
+    train_ds = make_dataset(
+        examples,
+        split.train,
+        training=True,
+        augmentation=config.augmentation,
+        seed=config.seed,
+        **common,
+    )
+    val_ds = make_dataset(examples, split.validation, training=False, **common)
+
+    model = build_model(config, n_classes)
+    _compile(model, config.learning_rate, n_classes)
+    model.summary(print_fn=logger.info)
+    verbose = config.verbose if config.verbose is not None else (1 if os.isatty(1) else 2)
+    with tempfile.TemporaryDirectory(prefix="histo-run-") as tmp:
+        run_dir = Path(tmp)
+        budget = config.max_minutes
+        fit_start = time.monotonic()
+        history = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=config.epochs,
+            class_weight=weights,
+            callbacks=_callbacks(config, run_dir, budget),
+            verbose=verbose,
+        )
+        epochs_run = len(history.history.get("loss", []))
+        if config.transfer_learning and config.fine_tune_epochs > 0:
+            epochs_run += _fine_tune(
+                model,
+                config,
+                n_classes,
+                train_ds,
+                val_ds,
+                weights,
+                run_dir,
+                epochs_run,
+                budget - (time.monotonic() - fit_start) / 60 if budget else None,
+                verbose,
+            )
+        train_seconds = time.monotonic() - fit_start
+
+        y_val = np.array([examples[i].label for i in split.validation])
+        scores = _predict_scores(model, examples, split.validation, **common)
+        if n_classes == 2:
+            threshold, how = choose_threshold(
+                y_val, scores, config.threshold_method, config.fixed_threshold
+            )
+            val_metrics = binary_metrics(y_val, scores, threshold)
+        else:
+            threshold, how = config.fixed_threshold, f"fixed at {config.fixed_threshold}"
+            val_metrics = {"accuracy": float((scores.argmax(-1) == y_val).mean())}
+        val_metrics["validation_split"] = split.method
+        logger.info("Validation: %s", json.dumps(val_metrics))
+
+        (run_dir / "split.csv").write_text(_split_csv(dataset, split))
+        (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
+        (run_dir / "metrics.json").write_text(
+            json.dumps(
+                {
+                    "validation": val_metrics,
+                    "threshold": threshold,
+                    "threshold_method": how,
+                    "epochs_run": epochs_run,
+                    "train_seconds": round(train_seconds, 1),
+                    "data": dataset.summary(),
+                },
+                indent=2,
+            )
+        )
+        storage.copy_tree_to(run_dir, run_uri)
+
+    result = export_model(
+        model,
+        models_root=config.output,
+        model_name=config.model_name,
+        class_names=dataset.class_names,
+        positive_class=config.positive_class,
+        threshold=threshold,
+        threshold_method=how,
+        image_size=config.image_size,
+        architecture=config.architecture,
+        training_data={
+            **dataset.summary(),
+            "source": config.data,
+            "split": split.method,
+            "train_images": len(split.train),
+            "validation_images": len(split.validation),
+            "validation_patients": split.validation_patients,
+        },
+        validation_metrics=val_metrics,
+        training_config=config.to_dict(),
+        run_uri=run_uri,
+        version=version,
+    )
+    logger.info(
+        "Done in %.0f s: %s (threshold %.3f), run record in %s",
+        time.monotonic() - started,
+        result.uri,
+        threshold,
+        run_uri,
+    )
+    return TrainResult(
+        model_uri=result.uri,
+        version=result.version,
+        run_uri=run_uri,
+        threshold=threshold,
+        validation_metrics=val_metrics,
+        epochs_run=epochs_run,
+        train_seconds=train_seconds,
+    )
+
+
+def _fine_tune(
+    model, config, n_classes, train_ds, val_ds, weights, run_dir, initial_epoch, budget, verbose
+):  # type: ignore[no-untyped-def]
+    """Unfreeze the top of MobileNetV2 (batch norm stays frozen) and train on at a lower rate."""
+    import keras
+
+    from training.models import mobilenet_base
+
+    base = mobilenet_base(model)
+    base.trainable = True
+    for layer in base.layers[: max(0, len(base.layers) - config.fine_tune_layers)]:
+        layer.trainable = False
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+    _compile(model, config.learning_rate / 10, n_classes)
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=initial_epoch + config.fine_tune_epochs,
+        initial_epoch=initial_epoch,
+        class_weight=weights,
+        callbacks=_callbacks(config, run_dir, budget),
+        verbose=verbose,
+    )
+    return len(history.history.get("loss", []))
