@@ -78,7 +78,8 @@ def render_overlay(
     shown = Image.fromarray(blended).resize((w * scale, h * scale), Image.NEAREST)
     font = ImageFont.load_default(size=13)
     caption_h = 22 if caption else 0
-    width = shown.width + 3 * _MARGIN + _BAR_WIDTH + 34
+    caption_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font))
+    width = max(shown.width + 3 * _MARGIN + _BAR_WIDTH + 34, caption_w + 2 * _MARGIN)
     height = shown.height + 2 * _MARGIN + caption_h
     canvas = Image.new("RGB", (width, height), "white")
     canvas.paste(shown, (_MARGIN, _MARGIN + caption_h))

@@ -157,6 +157,8 @@ class LoadedModel:
         """Load the Keras model saved beside the SavedModel (architecture, summary)."""
         import keras
 
+        import model_export.ensemble  # noqa: F401  (registers the ensemble's layer)
+
         path = storage.join(self.uri, contract.KERAS_FILE)
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp) / contract.KERAS_FILE

@@ -65,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--l2", type=float, help=f"L2 weight decay (default {_DEFAULTS['l2']})")
     p.add_argument("--seed", type=int, help=f"default {_DEFAULTS['seed']}")
     p.add_argument(
+        "--folds",
+        type=int,
+        help="cross-fitted models in the exported ensemble; their out-of-fold predictions "
+        "set the threshold (1: one model, one validation split)",
+    )
+    p.add_argument(
         "--validation-fraction", type=float, help="share of images (whole patients) for validation"
     )
     p.add_argument(

@@ -54,11 +54,15 @@ class TrainConfig:
     dropout: float = 0.4
     l2: float = 1e-4
     seed: int = 42
+    # K > 1: K cross-fitted models (each early-stopped on a fold of patients it does
+    # not train on) form the exported ensemble, and their out-of-fold predictions
+    # choose the threshold. 1: one model and one validation split.
+    folds: int = 3
     validation_fraction: float = 0.2
     positive_class: str = "malignant"
-    # "fixed": ``fixed_threshold`` (0.5 suits balanced class weights: equal priors);
-    # "youden": maximise sensitivity + specificity on the validation patients.
-    threshold_method: str = "fixed"
+    # "youden": maximise sensitivity + specificity on the held-out predictions
+    # (out-of-fold with folds > 1); "fixed": ``fixed_threshold``.
+    threshold_method: str = "youden"
     fixed_threshold: float = 0.5
     early_stopping_patience: int = 8
     max_minutes: float | None = 14.0
@@ -98,6 +102,8 @@ class TrainConfig:
             raise ConfigError(f"dropout must be in [0, 1), got {self.dropout}")
         if not 0.0 <= self.l2 < 1.0:
             raise ConfigError(f"l2 must be in [0, 1), got {self.l2}")
+        if not 1 <= self.folds <= 10:
+            raise ConfigError(f"folds must be in [1, 10], got {self.folds}")
         if not 0.05 <= self.validation_fraction <= 0.5:
             raise ConfigError(
                 f"validation_fraction must be in [0.05, 0.5], got {self.validation_fraction}"

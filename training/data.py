@@ -168,6 +168,65 @@ def split_examples(dataset: Dataset, validation_fraction: float, seed: int) -> S
     return Split(sorted(train), sorted(val), "stratified", [])
 
 
+def _stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
+    fold = np.empty(len(labels), dtype=int)
+    for c in np.unique(labels):
+        idx = rng.permutation(np.flatnonzero(labels == c))
+        fold[idx] = np.arange(len(idx)) % k
+    return fold
+
+
+def fold_splits(dataset: Dataset, k: int, seed: int) -> list[Split]:
+    """K train/validation splits whose validation parts cover every image once.
+
+    With patient ids, whole patients go to one fold (greedy balance of image
+    counts, in a seeded random order, retried until every fold's validation and
+    training parts hold every class); otherwise images are stratified by class.
+    """
+    examples = dataset.examples
+    n_classes = len(dataset.class_names)
+    labels = np.array([e.label for e in examples])
+    rng = np.random.default_rng(seed)
+    patients = [e.patient_id for e in examples]
+    fold: np.ndarray | None = None
+    method = "stratified"
+    if all(p is not None for p in patients) and len(set(patients)) >= k:
+        by_patient: dict[str, list[int]] = {}
+        for i, p in enumerate(patients):
+            by_patient.setdefault(p, []).append(i)
+        for _attempt in range(500):
+            sizes = np.zeros(k)
+            candidate = np.empty(len(examples), dtype=int)
+            for p in rng.permutation(sorted(by_patient)):
+                f = int(np.argmin(sizes + rng.uniform(0, 1e-3, k)))
+                candidate[by_patient[p]] = f
+                sizes[f] += len(by_patient[p])
+            ok = all(
+                len(set(labels[candidate == f])) == n_classes
+                and len(set(labels[candidate != f])) == n_classes
+                for f in range(k)
+            )
+            if ok:
+                fold, method = candidate, "patient"
+                break
+        else:
+            logger.warning(
+                "No grouping of the %d patients into %d folds puts every class on both "
+                "sides of each fold; splitting by image instead",
+                len(by_patient),
+                k,
+            )
+    if fold is None:
+        fold = _stratified_folds(labels, k, rng)
+    splits = []
+    for f in range(k):
+        val = np.flatnonzero(fold == f).tolist()
+        train = np.flatnonzero(fold != f).tolist()
+        val_patients = sorted({patients[i] for i in val}) if method == "patient" else []
+        splits.append(Split(train, val, method, val_patients))
+    return splits
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Balanced weights: n / (k * count_c), so each class counts equally in the loss."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)

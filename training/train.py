@@ -26,7 +26,15 @@ import numpy as np
 
 from histo_common import storage
 from training.config import TrainConfig
-from training.data import Dataset, Split, class_weights, load_examples, make_dataset, split_examples
+from training.data import (
+    Dataset,
+    Split,
+    class_weights,
+    fold_splits,
+    load_examples,
+    make_dataset,
+    split_examples,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -206,19 +214,100 @@ def _predict_scores(model, examples, indices, image_size: int, batch_size: int) 
     return out[:, 0] if out.shape[-1] == 1 else out
 
 
-def _split_csv(dataset: Dataset, split: Split) -> str:
+def _split_csv(dataset: Dataset, splits: list[Split]) -> str:
+    """Which fold held out each image (its validation fold), with label and patient."""
     out = io.StringIO()
     writer = csv.writer(out)
-    writer.writerow(["uri", "label", "patient_id", "split"])
-    for name, idx in (("train", split.train), ("validation", split.validation)):
-        for i in idx:
-            e = dataset.examples[i]
-            writer.writerow([e.uri, dataset.class_names[e.label], e.patient_id or "", name])
+    writer.writerow(["uri", "label", "patient_id", "validation_fold"])
+    fold_of = {i: k for k, split in enumerate(splits) for i in split.validation}
+    for i, e in enumerate(dataset.examples):
+        fold = fold_of.get(i, "")
+        writer.writerow([e.uri, dataset.class_names[e.label], e.patient_id or "", fold])
     return out.getvalue()
+
+
+def plan_splits(dataset: Dataset, config: TrainConfig) -> list[Split]:
+    """One validation split (``folds == 1``) or K cross-fitting folds."""
+    if config.folds == 1:
+        return [split_examples(dataset, config.validation_fraction, config.seed)]
+    return fold_splits(dataset, config.folds, config.seed)
+
+
+def _fit_member(
+    config: TrainConfig,
+    dataset: Dataset,
+    split: Split,
+    run_dir: Path,
+    budget_minutes: float | None,
+    verbose: int,
+):  # type: ignore[no-untyped-def]
+    """Train one model on ``split.train``, early-stopped on ``split.validation``.
+
+    Returns:
+        ``(model, validation scores, epochs run)``.
+    """
+    n_classes = len(dataset.class_names)
+    examples = dataset.examples
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train_labels = np.array([examples[i].label for i in split.train])
+    common = {"image_size": config.image_size, "batch_size": config.batch_size}
+    train_ds = make_dataset(
+        examples,
+        split.train,
+        training=True,
+        augmentation=config.augmentation,
+        seed=config.seed,
+        **common,
+    )
+    val_ds = make_dataset(examples, split.validation, training=False, **common)
+    weights = class_weights(train_labels, n_classes)
+    model = build_model(config, n_classes)
+    _compile(model, config.learning_rate, n_classes)
+    fit_start = time.monotonic()
+    history = model.fit(
+        train_ds,
+        validation_data=val_ds,
+        epochs=config.epochs,
+        class_weight=weights,
+        callbacks=_callbacks(config, run_dir, budget_minutes),
+        verbose=verbose,
+    )
+    epochs_run = len(history.history.get("loss", []))
+    if config.transfer_learning and config.fine_tune_epochs > 0:
+        left = None
+        if budget_minutes is not None:
+            left = max(0.5, budget_minutes - (time.monotonic() - fit_start) / 60)
+        epochs_run += _fine_tune(
+            model, config, n_classes, train_ds, val_ds, weights, run_dir, epochs_run, left, verbose
+        )
+    scores = _predict_scores(model, examples, split.validation, **common)
+    return model, scores, epochs_run
+
+
+def _merge_histories(run_dir: Path, folds: int) -> None:
+    """One ``history.csv`` for the run: each fold's Keras CSV log with a ``fold`` column."""
+    rows: list[dict[str, str]] = []
+    for k in range(folds):
+        path = run_dir / f"fold{k}" / "history.csv" if folds > 1 else run_dir / "history.csv"
+        if path.is_file():
+            for row in csv.DictReader(path.open()):
+                rows.append({"fold": str(k), **row})
+    if not rows:
+        return
+    columns = list(dict.fromkeys(c for row in rows for c in row))
+    with (run_dir / "history.csv").open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
 
 
 def train(config: TrainConfig) -> TrainResult:
     """Run a whole training job and export the model.
+
+    With ``folds > 1`` (the default) the job cross-fits: K models, each trained on
+    the patients outside one fold and early-stopped on that fold, make the exported
+    ensemble; their predictions on the patients they never saw (out-of-fold) give
+    the threshold and the reported validation metrics.
 
     Raises:
         DataError: bad training data (named).
@@ -226,6 +315,7 @@ def train(config: TrainConfig) -> TrainResult:
     """
     import keras
 
+    from model_export.ensemble import ensemble_classifier
     from model_export.export import export_model, next_version
 
     started = time.monotonic()
@@ -238,84 +328,67 @@ def train(config: TrainConfig) -> TrainResult:
             f"positive class {config.positive_class!r} is not among the classes found in "
             f"{config.data}: {dataset.class_names}"
         )
-    split = split_examples(dataset, config.validation_fraction, config.seed)
-    logger.info(
-        "%s; split by %s: %d train, %d validation images%s",
-        json.dumps(dataset.summary()),
-        split.method,
-        len(split.train),
-        len(split.validation),
-        f" (validation patients {', '.join(split.validation_patients)})"
-        if split.validation_patients
-        else "",
-    )
-    if len(split.train) < 2 or len(split.validation) < 2:
-        raise TrainingError(f"too few images in {config.data} to train and validate")
+    splits = plan_splits(dataset, config)
+    for k, split in enumerate(splits):
+        if len(split.train) < 2 or len(split.validation) < 2:
+            raise TrainingError(f"too few images in {config.data} to train and validate")
+        logger.info(
+            "Split %d/%d by %s: %d train, %d validation images%s",
+            k + 1,
+            len(splits),
+            split.method,
+            len(split.train),
+            len(split.validation),
+            f" (validation patients {', '.join(split.validation_patients)})"
+            if split.validation_patients
+            else "",
+        )
+    logger.info("Data: %s", json.dumps(dataset.summary()))
 
     model_root = f"{config.output.rstrip('/')}/{config.model_name}"
     version = next_version(model_root)
     run_uri = f"{config.output.rstrip('/')}/runs/{config.model_name}/{version}"
-
-    examples = dataset.examples
-    train_labels = np.array([examples[i].label for i in split.train])
-    weights = class_weights(train_labels, n_classes)
-    common = {"image_size": config.image_size, "batch_size": config.batch_size}
-    train_ds = make_dataset(
-        examples,
-        split.train,
-        training=True,
-        augmentation=config.augmentation,
-        seed=config.seed,
-        **common,
-    )
-    val_ds = make_dataset(examples, split.validation, training=False, **common)
-
-    model = build_model(config, n_classes)
-    _compile(model, config.learning_rate, n_classes)
-    model.summary(print_fn=logger.info)
     verbose = config.verbose if config.verbose is not None else (1 if os.isatty(1) else 2)
+    per_member = config.max_minutes / len(splits) if config.max_minutes else None
+    members, epochs_run = [], 0
+    held_out = np.concatenate([np.array(s.validation, dtype=int) for s in splits])
+    held_scores = []
     with tempfile.TemporaryDirectory(prefix="histo-run-") as tmp:
         run_dir = Path(tmp)
-        budget = config.max_minutes
         fit_start = time.monotonic()
-        history = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=config.epochs,
-            class_weight=weights,
-            callbacks=_callbacks(config, run_dir, budget),
-            verbose=verbose,
-        )
-        epochs_run = len(history.history.get("loss", []))
-        if config.transfer_learning and config.fine_tune_epochs > 0:
-            epochs_run += _fine_tune(
-                model,
-                config,
-                n_classes,
-                train_ds,
-                val_ds,
-                weights,
-                run_dir,
-                epochs_run,
-                budget - (time.monotonic() - fit_start) / 60 if budget else None,
-                verbose,
+        for k, split in enumerate(splits):
+            member_dir = run_dir / f"fold{k}" if len(splits) > 1 else run_dir
+            logger.info("Training model %d of %d", k + 1, len(splits))
+            model, scores, epochs = _fit_member(
+                config, dataset, split, member_dir, per_member, verbose
             )
+            if k == 0:
+                model.summary(print_fn=logger.info)
+            members.append(model)
+            held_scores.append(scores)
+            epochs_run += epochs
         train_seconds = time.monotonic() - fit_start
+        model = ensemble_classifier(members, name=f"{config.architecture}_x{len(members)}")
 
-        y_val = np.array([examples[i].label for i in split.validation])
-        scores = _predict_scores(model, examples, split.validation, **common)
+        y_held = np.array([dataset.examples[i].label for i in held_out])
+        scores = np.concatenate(held_scores)
+        where = "out-of-fold (patient-grouped) predictions" if len(splits) > 1 else "validation"
         if n_classes == 2:
             threshold, how = choose_threshold(
-                y_val, scores, config.threshold_method, config.fixed_threshold
+                y_held, scores, config.threshold_method, config.fixed_threshold
             )
-            val_metrics = binary_metrics(y_val, scores, threshold)
+            if config.threshold_method == "youden":
+                how = f"Youden's J (max sensitivity + specificity) on {where}"
+            val_metrics = binary_metrics(y_held, scores, threshold)
         else:
             threshold, how = config.fixed_threshold, f"fixed at {config.fixed_threshold}"
-            val_metrics = {"accuracy": float((scores.argmax(-1) == y_val).mean())}
-        val_metrics["validation_split"] = split.method
-        logger.info("Validation: %s", json.dumps(val_metrics))
+            val_metrics = {"accuracy": float((scores.argmax(-1) == y_held).mean())}
+        val_metrics["validation"] = where
+        val_metrics["split"] = splits[0].method
+        logger.info("Held-out metrics (%s): %s", where, json.dumps(val_metrics))
 
-        (run_dir / "split.csv").write_text(_split_csv(dataset, split))
+        _merge_histories(run_dir, len(splits))
+        (run_dir / "split.csv").write_text(_split_csv(dataset, splits))
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (run_dir / "metrics.json").write_text(
             json.dumps(
@@ -323,6 +396,7 @@ def train(config: TrainConfig) -> TrainResult:
                     "validation": val_metrics,
                     "threshold": threshold,
                     "threshold_method": how,
+                    "models": len(members),
                     "epochs_run": epochs_run,
                     "train_seconds": round(train_seconds, 1),
                     "data": dataset.summary(),
@@ -341,14 +415,14 @@ def train(config: TrainConfig) -> TrainResult:
         threshold=threshold,
         threshold_method=how,
         image_size=config.image_size,
-        architecture=config.architecture,
+        architecture=config.architecture
+        + (f" (ensemble of {len(members)} cross-fitted models)" if len(members) > 1 else ""),
         training_data={
             **dataset.summary(),
             "source": config.data,
-            "split": split.method,
-            "train_images": len(split.train),
-            "validation_images": len(split.validation),
-            "validation_patients": split.validation_patients,
+            "split": splits[0].method,
+            "folds": len(splits),
+            "validation_patients": sorted({p for s in splits for p in s.validation_patients}),
         },
         validation_metrics=val_metrics,
         training_config=config.to_dict(),

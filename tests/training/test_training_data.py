@@ -16,6 +16,7 @@ from training.data import (
     Dataset,
     Example,
     class_weights,
+    fold_splits,
     load_examples,
     split_examples,
 )
@@ -71,6 +72,42 @@ def test_patient_split_never_leaks_a_patient(seed: int) -> None:
     assert len(split.train) + len(split.validation) == len(ds.examples)
     for side in (split.train, split.validation):
         assert {ds.examples[i].label for i in side} == {0, 1}
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_patient_folds_cover_every_image_once_and_never_share_a_patient(seed: int) -> None:
+    # Like IDC: benign patches in few patients, many patients with malignant only.
+    ds = _dataset(
+        {
+            "a": (80, 20),
+            "b": (80, 30),
+            "c": (150, 15),
+            "d": (90, 0),
+            "e": (0, 40),
+            "f": (0, 12),
+            "g": (0, 20),
+            "h": (0, 18),
+            "i": (0, 35),
+        }
+    )
+    splits = fold_splits(ds, 3, seed)
+    assert len(splits) == 3 and all(s.method == "patient" for s in splits)
+    held = sorted(i for s in splits for i in s.validation)
+    assert held == list(range(len(ds.examples)))
+    for s in splits:
+        val_p = {ds.examples[i].patient_id for i in s.validation}
+        train_p = {ds.examples[i].patient_id for i in s.train}
+        assert val_p.isdisjoint(train_p)
+        assert set(s.train) | set(s.validation) == set(range(len(ds.examples)))
+        for side in (s.train, s.validation):
+            assert {ds.examples[i].label for i in side} == {0, 1}
+
+
+def test_folds_fall_back_to_images_when_patients_cannot_cover_classes() -> None:
+    ds = _dataset({"a": (30, 0), "b": (0, 20), "c": (0, 25)})  # one benign patient, 3 folds
+    splits = fold_splits(ds, 3, 0)
+    assert all(s.method == "stratified" for s in splits)
+    assert sorted(i for s in splits for i in s.validation) == list(range(75))
 
 
 def test_split_is_seeded() -> None:

@@ -26,23 +26,31 @@ def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["class_names"] == ["benign", "malignant"]
     assert meta["image_size"] == 32
-    assert meta["threshold"] == 0.5
-    assert "fixed at 0.5" in meta["threshold_method"]
+    assert 0.0 < meta["threshold"] < 1.0
+    assert "Youden" in meta["threshold_method"] and "out-of-fold" in meta["threshold_method"]
+    assert "ensemble of 3" in meta["architecture"]
     assert meta["training_data"]["images"] == 80
     assert meta["training_data"]["split"] == "stratified"
+    assert meta["training_data"]["folds"] == 3
     assert meta["training_config"]["epochs"] == 2
     for key in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy"):
         assert key in meta["validation_metrics"]
     run = Path(meta["run_uri"])
     assert run == out / "runs" / "histo-cnn" / "1"
     history = (run / "history.csv").read_text().splitlines()
-    assert history[0].startswith("epoch") and len(history) == 3
+    assert history[0].startswith("fold,epoch") and len(history) == 1 + 3 * 2
     split = (run / "split.csv").read_text().splitlines()
-    assert len(split) == 81 and split[0] == "uri,label,patient_id,split"
-    assert (run / "checkpoint.keras").is_file()
-    assert list((run / "logs").rglob("events.out.tfevents.*"))
+    assert len(split) == 81 and split[0] == "uri,label,patient_id,validation_fold"
+    assert sorted({line.rsplit(",", 1)[1] for line in split[1:]}) == ["0", "1", "2"]
+    assert all((run / f"fold{k}" / "checkpoint.keras").is_file() for k in range(3))
+    # The exported ensemble is one model: the signatures equal its Keras form.
+    from model_export.loader import load_model
+
+    loaded = load_model(str(out / "histo-cnn"))
+    assert loaded.keras_model().get_layer("head").get_layer("mean_logit") is not None
+    assert list(run.rglob("logs/**/events.out.tfevents.*"))
     # A second run becomes version 2; the first stays.
-    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK, "--epochs", "1"]) == 0
+    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK, "--folds", "1"]) == 0
     assert (out / "histo-cnn" / "2" / "metadata.json").is_file()
 
 
@@ -53,7 +61,8 @@ def test_train_from_and_to_gcs_then_load(sample_dir: Path, gcs_bucket: str) -> N
     for path in sorted(sample_dir.rglob("*.png")):
         storage.write_bytes(f"{data}/{path.parent.name}/{path.name}", path.read_bytes())
     models = f"{gcs_bucket}/models"
-    assert main(["--data", data, "--output", models, *QUICK, "--model-name", "gcs-model"]) == 0
+    flags = [*QUICK, "--model-name", "gcs-model", "--folds", "1"]
+    assert main(["--data", data, "--output", models, *flags]) == 0
     model = load_model(f"{models}/gcs-model")
     assert model.uri == f"{models}/gcs-model/1"
     assert storage.exists(f"{models}/runs/gcs-model/1/history.csv")
@@ -86,6 +95,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (["--model-name", "../evil"], "model_name"),
         (["--aug-zoom", "0.9"], "augmentation.zoom"),
         (["--validation-fraction", "0.9"], "validation_fraction"),
+        (["--folds", "0"], "folds"),
     ],
 )
 def test_bad_flags_name_the_field(flags: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
