@@ -1,0 +1,544 @@
+"""The app's pages: Streamlit drawing on top of ``app.data`` and ``app.scoring``.
+
+Each page is a function of the session's :class:`~app.config.AppConfig`; the
+entry point (``app/streamlit_app.py``) calls :func:`main`, which draws the
+sidebar (page choice and data locations), the research-use disclaimer and the
+chosen page inside :func:`guarded`, so an error becomes a clear message on the
+page and never a traceback. The model is loaded once per version and cached
+(``st.cache_resource``); listings and files are cached for a short time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pandas as pd
+import streamlit as st
+
+from app import data, scoring
+from app.config import AppConfig, ConfigError, config_from_env
+from histo_common import DISCLAIMER, overlay, storage
+from histo_common.results import Prediction
+from model_export.loader import LoadedModel, ModelLoadError
+
+logger = logging.getLogger(__name__)
+
+LISTING_TTL_S = 30  # runs appear while the app is open; look again this often
+MODEL_TTL_S = 60  # how soon a newly exported version replaces the one in use
+DEFAULT_OPACITY = 0.45
+# Colours a run's rows without loading a model; the contract's positive class.
+RUN_POSITIVE_CLASS = "malignant"
+
+Page = Callable[[AppConfig], None]
+
+
+# ------------------------------------------------------------------- caching
+
+
+@st.cache_data(ttl=MODEL_TTL_S, show_spinner=False)
+def _resolve_version(model_uri: str) -> str:
+    from model_export.loader import resolve_version
+
+    return resolve_version(model_uri)[0]
+
+
+@st.cache_resource(show_spinner="Loading the model…", max_entries=4)
+def _load_version(version_uri: str) -> LoadedModel:
+    from model_export.loader import load_model
+
+    return load_model(version_uri)
+
+
+def get_model(model_uri: str) -> LoadedModel:
+    """The model at ``model_uri`` (a root: its latest version), loaded once per version."""
+    return _load_version(_resolve_version(model_uri))
+
+
+@st.cache_data(max_entries=256, show_spinner="Scoring…")
+def _score(version_uri: str, items: tuple[tuple[str, bytes], ...]) -> list[scoring.Outcome]:
+    return scoring.score_images(_load_version(version_uri), items)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _list_runs(root: str) -> dict[str, list[str]]:
+    return data.list_runs(root)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _list_images(folder: str) -> list[str]:
+    return data.list_images(folder)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner="Reading the run…")
+def _load_scoring_run(run_uri: str) -> data.ScoringRun:
+    return data.load_scoring_run(run_uri)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _load_evaluation(run_uri: str) -> data.EvaluationReport:
+    return data.load_evaluation(run_uri)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
+def _load_history(uri: str) -> pd.DataFrame:
+    return data.load_history(uri)
+
+
+@st.cache_data(show_spinner="Loading the Keras model…")
+def _architecture_summary(version_uri: str) -> str:
+    lines: list[str] = []
+    _load_version(version_uri).keras_model().summary(
+        expand_nested=True, print_fn=lambda text, **_kwargs: lines.append(text)
+    )
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------- shared pieces
+
+
+def one_line(exc: BaseException) -> str:
+    """The first line of an exception's message (or its type name)."""
+    lines = str(exc).strip().splitlines()
+    return lines[0] if lines else type(exc).__name__
+
+
+def guarded(page: Page, config: AppConfig) -> None:
+    """Draw ``page``; turn any error into a clear message instead of a traceback."""
+    try:
+        page(config)
+    except (ModelLoadError, ConfigError, data.DataError, storage.StorageError) as exc:
+        st.error(str(exc))
+    except Exception as exc:  # the last line of defence: never a traceback on the page
+        logger.exception("Page %s failed", getattr(page, "__name__", page))
+        st.error(f"This page could not be shown: {one_line(exc)}. The server log has the details.")
+
+
+def _synced_text_input(label: str, *, key: str, default: str, help_text: str = "") -> str:
+    """A text input that starts at ``default`` and follows it when the default changes."""
+    marker = f"_{key}_default"
+    if st.session_state.get(marker) != default:
+        st.session_state[marker] = default
+        st.session_state[key] = default
+    return st.text_input(label, key=key, help=help_text or None).strip()
+
+
+def _model_caption(model: LoadedModel) -> str:
+    meta = model.metadata
+    return (
+        f"Model **{model.name}** version **{model.version}** ({meta.architecture}), "
+        f"threshold {model.threshold:.3f} ({meta.threshold_method}), from `{model.uri}`"
+    )
+
+
+def _show_prediction(prediction: Prediction, positive_class: str) -> None:
+    # st.info for both labels: red "error" boxes are kept for things that went wrong.
+    st.info(scoring.prediction_text(prediction, positive_class))
+
+
+def show_outcomes(
+    outcomes: list[scoring.Outcome],
+    opacity: float,
+    positive_class: str,
+    class_names: list[str],
+    *,
+    section: str,
+) -> None:
+    """Draw each scored image (original beside overlay, prediction) or its error.
+
+    ``section`` keeps widget keys apart when two places on a page show images.
+    """
+    for index, outcome in enumerate(outcomes):
+        if isinstance(outcome, scoring.FailedImage):
+            st.error(f"{storage.basename(outcome.name)}: {outcome.reason}")
+            continue
+        st.markdown(f"#### {storage.basename(outcome.name)}")
+        truth = data.folder_class(outcome.name, class_names)
+        if truth:
+            st.caption(f"`{outcome.name}` (its folder says: {truth})")
+        _show_prediction(outcome.prediction, positive_class)
+        info = outcome.info
+        png = scoring.overlay_png(outcome, opacity)
+        left, right = st.columns(2)
+        left.image(
+            scoring.enlarge(outcome.image),
+            caption=f"Original: {info.width}x{info.height} {info.format}",
+        )
+        right.image(png, caption=f"Grad-CAM overlay for the {positive_class} class")
+        stem = storage.basename(outcome.name).rsplit(".", 1)[0]
+        st.download_button(
+            "Download the overlay",
+            png,
+            file_name=f"{stem}.gradcam.png",
+            mime="image/png",
+            key=f"download:{section}:{index}",
+            on_click="ignore",
+        )
+
+
+# ------------------------------------------------------------------- pages
+
+
+def page_analyse(config: AppConfig) -> None:
+    """Upload images or try a sample; see prediction, probability, threshold and overlay."""
+    st.title("Analyse images")
+    model = get_model(config.model_uri)
+    meta = model.metadata
+    st.caption(_model_caption(model))
+    opacity = st.slider(
+        "Grad-CAM overlay opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05, key="opacity_analyse"
+    )
+    upload_tab, sample_tab = st.tabs(["Upload images", "Try a sample"])
+    with upload_tab:
+        files = st.file_uploader(
+            "Histopathology patches (PNG, JPEG, BMP, GIF, TIFF or WebP)",
+            accept_multiple_files=True,
+            key="uploads",
+        )
+        if files:
+            items = tuple((f.name, f.getvalue()) for f in files)
+            show_outcomes(
+                _score(model.uri, items), opacity, meta.positive_class, [], section="upload"
+            )
+        else:
+            st.info("Upload one or several images to see the model's prediction and Grad-CAM.")
+    with sample_tab:
+        folder = _synced_text_input(
+            "Folder to pick from",
+            key="sample_folder",
+            default=config.samples_uri,
+            help_text="The sample set, or any local folder or gs:// prefix holding images.",
+        )
+        if st.button("Try a random image", key="random_sample"):
+            candidates = _list_images(folder) if folder else []
+            if candidates:
+                st.session_state["sample_uri"] = data.pick_random_image(candidates)
+            else:
+                st.session_state.pop("sample_uri", None)
+                st.warning(f"No images found under {folder or '(empty folder)'}.")
+        sample_uri = st.session_state.get("sample_uri")
+        if sample_uri:
+            items = ((sample_uri, storage.read_bytes(sample_uri)),)
+            outcomes = _score(model.uri, items)
+            show_outcomes(
+                outcomes, opacity, meta.positive_class, meta.class_names, section="sample"
+            )
+
+
+def _result_filter(results: pd.DataFrame, run_uri: str) -> data.ResultFilter:
+    """Filter and sort widgets for a run's rows (keyed per run, as their options differ)."""
+    labels = sorted(results["label"].dropna().astype(str).unique())
+    columns = list(results.columns)
+    first, second, third = st.columns(3)
+    chosen = first.multiselect("Label", labels, key=f"filter_labels:{run_uri}")
+    low, high = second.slider(
+        "p(malignant) between", 0.0, 1.0, (0.0, 1.0), 0.01, key=f"filter_probability:{run_uri}"
+    )
+    text = third.text_input("URI contains", key=f"filter_uri:{run_uri}")
+    fourth, fifth = st.columns(2)
+    sort_by = fourth.selectbox(
+        "Sort by",
+        columns,
+        index=columns.index("probability") if "probability" in columns else 0,
+        key=f"sort_by:{run_uri}",
+    )
+    descending = fifth.toggle("Descending", value=True, key=f"sort_descending:{run_uri}")
+    return data.ResultFilter(
+        labels=tuple(chosen),
+        min_probability=low,
+        max_probability=high,
+        uri_contains=text.strip(),
+        sort_by=sort_by,
+        descending=descending,
+    )
+
+
+def _show_run_image(run: data.ScoringRun, row: pd.Series, config: AppConfig) -> None:
+    """The selected row's image beside its overlay (saved by the run, or computed now)."""
+    uri = str(row["uri"])
+    st.markdown(f"#### {storage.basename(uri)}")
+    st.caption(f"`{uri}`, scored by {row.get('model_name')} v{row.get('model_version')}")
+    try:
+        prediction = Prediction(
+            probability=float(row["probability"]),
+            label=str(row["label"]),
+            threshold=float(row["threshold"]),
+        )
+        _show_prediction(prediction, RUN_POSITIVE_CLASS)
+    except (TypeError, ValueError):
+        st.caption("This row has no usable probability.")
+    try:
+        raw = storage.read_bytes(uri)
+    except storage.StorageError as exc:
+        st.warning(f"The image cannot be read: {exc}")
+        return
+    saved = data.find_saved_gradcam(uri, run.gradcam_uris)
+    if saved:
+        left, right = st.columns(2)
+        try:
+            left.image(scoring.enlarge(overlay.load_rgb(raw)), caption="Original")
+        except Exception as exc:
+            left.warning(f"{uri} cannot be shown: {one_line(exc)}")
+        right.image(storage.read_bytes(saved), caption=f"Grad-CAM saved by the run: {saved}")
+        return
+    opacity = st.slider(
+        "Grad-CAM overlay opacity", 0.0, 1.0, DEFAULT_OPACITY, 0.05, key="opacity_runs"
+    )
+    model = get_model(config.model_uri)
+    if str(row.get("model_version")) != str(model.version):
+        st.caption(
+            f"No saved overlay: computing it with model version {model.version} "
+            f"(the row was scored by version {row.get('model_version')})."
+        )
+    positive = model.metadata.positive_class
+    outcomes = _score(model.uri, ((uri, raw),))
+    show_outcomes(outcomes, opacity, positive, model.metadata.class_names, section="run")
+
+
+def page_scoring_runs(config: AppConfig) -> None:
+    """Browse a scoring run: filterable, sortable rows, errors, any image with its overlay."""
+    st.title("Scoring runs")
+    runs = _list_runs(config.results_uri)["scoring"]
+    if not runs:
+        st.info(
+            f"No scoring runs under {config.results_uri}: a run is a folder with "
+            "results/*.jsonl or errors/*.jsonl (the bulk scoring job writes them; `make demo` "
+            "makes one). Change the results location in the sidebar."
+        )
+        return
+    run_uri = st.selectbox("Run", runs, index=len(runs) - 1, key="scoring_run")
+    run = _load_scoring_run(run_uri)
+    results = run.results
+    counts = st.columns(4)
+    counts[0].metric("Images scored", len(results))
+    counts[1].metric("Errors", len(run.errors))
+    for column, label in zip(counts[2:], sorted(results["label"].dropna().unique()), strict=False):
+        column.metric(str(label), int((results["label"] == label).sum()))
+    if run.skipped_lines:
+        st.warning(f"{run.skipped_lines} line(s) in the row files were not JSON and were skipped.")
+    if run.summary is not None:
+        with st.expander("Run summary (summary.json)"):
+            st.json(run.summary)
+
+    st.subheader("Results")
+    table = data.filter_results(results, _result_filter(results, run.uri))
+    st.caption(
+        f"{len(table)} of {len(results)} rows. Select a row to see its image and overlay; "
+        "click a column header to sort."
+    )
+    event = st.dataframe(
+        table,
+        key="results_table",
+        on_select="rerun",
+        selection_mode="single-row",
+        hide_index=True,
+        width="stretch",
+        column_config={
+            "probability": st.column_config.ProgressColumn(
+                "p(malignant)", min_value=0.0, max_value=1.0, format="%.3f"
+            )
+        },
+    )
+    st.download_button(
+        "Download these rows (CSV)",
+        table.to_csv(index=False),
+        file_name=f"{storage.basename(run.uri)}-results.csv",
+        mime="text/csv",
+    )
+    selected = [i for i in event.selection.rows if i < len(table)]
+    if selected:
+        _show_run_image(run, table.iloc[selected[0]], config)
+
+    st.subheader("Errors")
+    if run.errors.empty:
+        st.caption("No errors in this run.")
+    else:
+        st.dataframe(run.errors, hide_index=True, width="stretch", key="errors_table")
+
+
+def _show_metric_section(section: dict[str, Any]) -> None:
+    table = data.metric_table(section)
+    if not table.empty:
+        st.dataframe(
+            table,
+            hide_index=True,
+            column_config={
+                c: st.column_config.NumberColumn(format="%.3f")
+                for c in ("value", "ci_low", "ci_high")
+            },
+        )
+        st.caption("ci_low and ci_high: the bounds of the 95% bootstrap confidence interval.")
+    matrix = data.confusion_frame(section)
+    report = data.classification_report_frame(section)
+    left, right = st.columns(2)
+    if matrix is not None:
+        left.markdown("**Confusion matrix**")
+        left.dataframe(matrix)
+    if report is not None:
+        right.markdown("**Classification report**")
+        right.dataframe(report)
+
+
+def page_evaluation(config: AppConfig) -> None:
+    """An evaluation run's metrics with confidence intervals, its plots and report."""
+    st.title("Evaluation")
+    runs = _list_runs(config.results_uri)["evaluation"]
+    if not runs:
+        st.info(
+            f"No evaluation runs under {config.results_uri}: a run is a folder with "
+            "metrics.json (the evaluation job writes it). Change the results location in "
+            "the sidebar."
+        )
+        return
+    run_uri = st.selectbox("Evaluation run", runs, index=len(runs) - 1, key="evaluation_run")
+    report = _load_evaluation(run_uri)
+    metrics = report.metrics
+    model = metrics.get("model") or {}
+    if model:
+        st.caption(
+            f"Model **{model.get('name')}** version **{model.get('version')}**, "
+            f"threshold {model.get('threshold')}, from `{model.get('uri')}`"
+        )
+    counts = metrics.get("counts") or {}
+    if counts:
+        st.dataframe(
+            pd.DataFrame(
+                {
+                    "count": [
+                        json.dumps(v) if isinstance(v, dict | list) else v for v in counts.values()
+                    ]
+                },
+                index=pd.Index(list(counts), name="what"),
+            ).astype(str),
+            key="counts_table",
+        )
+    st.subheader("Image level")
+    _show_metric_section(metrics.get("image_level") or {})
+    patient = metrics.get("patient_level")
+    st.subheader("Patient level")
+    if patient:
+        _show_metric_section(patient)
+    else:
+        st.caption("No patient-level metrics in this run (the data named no patients).")
+
+    st.subheader("Plots")
+    if not report.plots:
+        st.caption("This run lists no plots.")
+    columns = st.columns(2)
+    for index, (name, uri) in enumerate(report.plots.items()):
+        with columns[index % 2]:
+            try:
+                st.image(storage.read_bytes(uri), caption=name.replace("_", " "))
+            except storage.StorageError as exc:
+                st.caption(f"{name}: {exc}")
+    if report.report_uri:
+        st.download_button(
+            "Download the full report (report.html)",
+            storage.read_bytes(report.report_uri),
+            file_name="report.html",
+            mime="text/html",
+        )
+
+
+def page_model(config: AppConfig) -> None:
+    """The model version's metadata, training history curves and architecture summary."""
+    st.title("Model & training")
+    model = get_model(config.model_uri)
+    meta = model.metadata
+    top = st.columns(4)
+    top[0].metric("Model", meta.model_name)
+    top[1].metric("Version", meta.version)
+    top[2].metric("Threshold", f"{meta.threshold:.3f}")
+    top[3].metric("Architecture", meta.architecture)
+    st.dataframe(data.model_facts(meta, model.uri), hide_index=True, key="model_facts")
+    for title, value in (
+        ("Training data", meta.training_data),
+        ("Validation metrics", meta.validation_metrics),
+        ("Training configuration", meta.training_config),
+    ):
+        with st.expander(title, expanded=title == "Validation metrics"):
+            if value:
+                st.json(value)
+            else:
+                st.caption("Not recorded in metadata.json.")
+
+    st.subheader("Training history")
+    default_history = data.history_uri_for(meta.run_uri) or ""
+    history_uri = _synced_text_input(
+        "history.csv",
+        key="history_uri",
+        default=default_history,
+        help_text="The training run's Keras CSVLogger file.",
+    )
+    if not history_uri:
+        st.info(
+            "This model's metadata names no training run (run_uri), so there is no history "
+            "to show; enter the URI of a history.csv above."
+        )
+    else:
+        try:
+            history = _load_history(history_uri)
+        except storage.ObjectNotFound:
+            st.info(f"No training history at {history_uri}.")
+        else:
+            charts = list(data.history_charts(history).items())
+            for start in range(0, len(charts), 2):
+                row = st.columns(2)
+                for column, (title, frame) in zip(row, charts[start : start + 2], strict=False):
+                    column.markdown(f"**{title}**")
+                    column.line_chart(frame)
+            with st.expander("History table"):
+                st.dataframe(history)
+
+    st.subheader("Architecture")
+    if st.toggle("Show the layer summary", key="show_summary"):
+        st.code(_architecture_summary(model.uri), language=None)
+
+
+PAGES: dict[str, Page] = {
+    "Analyse images": page_analyse,
+    "Scoring runs": page_scoring_runs,
+    "Evaluation": page_evaluation,
+    "Model & training": page_model,
+}
+
+
+# -------------------------------------------------------------- the frame
+
+
+def session_config(defaults: AppConfig) -> AppConfig:
+    """Sidebar inputs for the data locations, validated; ``defaults`` when invalid."""
+    with st.sidebar.expander("Data locations", expanded=False):
+        values = {
+            field: _synced_text_input(label, key=f"setting_{field}", default=default)
+            for field, label, default in (
+                ("model_uri", "Model (root or version)", defaults.model_uri),
+                ("samples_uri", "Sample images", defaults.samples_uri),
+                ("results_uri", "Scoring and evaluation runs", defaults.results_uri),
+            )
+        }
+        try:
+            return AppConfig(**values)
+        except ConfigError as exc:
+            st.error(f"{exc}. Using the defaults instead.")
+            return defaults
+
+
+def main() -> None:
+    """Draw the whole app: sidebar, disclaimer, the chosen page."""
+    st.set_page_config(page_title="histoscreen", page_icon="🔬", layout="wide")
+    try:
+        defaults = config_from_env(os.environ, sys.argv[1:])
+    except ConfigError as exc:
+        st.error(f"{exc}. Using the built-in defaults.")
+        defaults = AppConfig()
+    st.sidebar.title("histoscreen")
+    choice = st.sidebar.radio("Page", list(PAGES), key="page")
+    config = session_config(defaults)
+    st.sidebar.caption(DISCLAIMER)
+    st.warning(DISCLAIMER, icon="⚠️")
+    guarded(PAGES[choice], config)

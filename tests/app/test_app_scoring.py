@@ -1,0 +1,128 @@
+"""Scoring uploads for the app: checks, the model's explain signature, overlays."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from app import scoring
+from histo_common.results import Prediction
+
+
+def _sample(sample_dir: Path, cls: str, index: int = 0) -> tuple[str, bytes]:
+    path = sorted((sample_dir / cls).glob("*.png"))[index]
+    return path.name, path.read_bytes()
+
+
+def test_score_images_scores_good_files_and_explains_bad_ones(
+    loaded_tiny_model, sample_dir: Path
+) -> None:
+    good_benign = _sample(sample_dir, "benign")
+    good_malignant = _sample(sample_dir, "malignant")
+    items = [
+        good_benign,
+        ("notes.png", b"hello, not an image"),
+        good_malignant,
+        ("empty.jpg", b""),
+    ]
+
+    outcomes = scoring.score_images(loaded_tiny_model, items)
+
+    assert [type(o).__name__ for o in outcomes] == [
+        "ScoredImage",
+        "FailedImage",
+        "ScoredImage",
+        "FailedImage",
+    ]
+    assert outcomes[1].reason.startswith("not an image")
+    assert outcomes[3].reason == "empty file (0 bytes)"
+    benign, malignant = outcomes[0], outcomes[2]
+    assert benign.prediction.probability < malignant.prediction.probability
+    assert malignant.prediction.label == "malignant"
+    assert benign.prediction.threshold == pytest.approx(0.5)
+    assert benign.heatmap.shape == (48, 48)
+    assert benign.image.shape == (48, 48, 3)
+    assert benign.info.format == "PNG"
+
+
+def test_score_images_transcodes_tiff(loaded_tiny_model, sample_dir: Path) -> None:
+    name, png = _sample(sample_dir, "malignant")
+    tiff = io.BytesIO()
+    Image.open(io.BytesIO(png)).save(tiff, format="TIFF")
+
+    [from_png, from_tiff] = scoring.score_images(
+        loaded_tiny_model, [(name, png), ("x.tif", tiff.getvalue())]
+    )
+
+    assert from_tiff.info.format == "TIFF"
+    assert from_tiff.prediction.probability == pytest.approx(from_png.prediction.probability)
+
+
+class _FussyModel:
+    """Fails any batch holding the marked image, as TensorFlow does for undecodable bytes."""
+
+    def __init__(self, bad: bytes) -> None:
+        self.bad = bad
+        self.calls: list[int] = []
+
+    def explain(self, images):  # type: ignore[no-untyped-def]
+        self.calls.append(len(images))
+        if self.bad in images:
+            raise RuntimeError("Invalid PNG data\nstack trace follows")
+        return [
+            type(
+                "R",
+                (),
+                {"prediction": Prediction(0.7, "malignant", 0.5), "heatmap": np.ones((4, 4))},
+            )
+            for _ in images
+        ]
+
+
+def test_a_batch_failure_is_isolated_to_the_bad_image(sample_dir: Path) -> None:
+    good = _sample(sample_dir, "benign")
+    bad = _sample(sample_dir, "malignant", 1)
+    model = _FussyModel(bad[1])
+
+    outcomes = scoring.score_images(model, [good, bad])
+
+    assert model.calls == [2, 1, 1]
+    assert isinstance(outcomes[0], scoring.ScoredImage)
+    assert outcomes[1] == scoring.FailedImage(
+        bad[0], "the model could not read this image: Invalid PNG data"
+    )
+
+
+def test_nothing_to_score_calls_no_model() -> None:
+    model = _FussyModel(b"")
+
+    assert scoring.score_images(model, [("a.png", b"")])[0].reason == "empty file (0 bytes)"
+    assert model.calls == []
+
+
+def test_overlay_follows_the_opacity(loaded_tiny_model, sample_dir: Path) -> None:
+    [scored] = scoring.score_images(loaded_tiny_model, [_sample(sample_dir, "malignant")])
+
+    faint = Image.open(io.BytesIO(scoring.overlay_png(scored, 0.0)))
+    strong = Image.open(io.BytesIO(scoring.overlay_png(scored, 1.0)))
+
+    assert faint.size == strong.size
+    assert faint.width >= 256
+    assert np.abs(np.asarray(faint, float) - np.asarray(strong, float)).mean() > 5
+
+
+def test_enlarge_scales_by_a_whole_factor() -> None:
+    image = np.zeros((48, 50, 3), dtype=np.uint8)
+
+    assert scoring.enlarge(image).shape == (288, 300, 3)
+    assert scoring.enlarge(np.zeros((300, 400, 3), dtype=np.uint8)).shape == (300, 400, 3)
+
+
+def test_prediction_text_names_label_probability_and_threshold() -> None:
+    text = scoring.prediction_text(Prediction(0.87312, "malignant", 0.42))
+
+    assert text == "Prediction: malignant (p(malignant) = 0.873, threshold 0.420)"
