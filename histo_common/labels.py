@@ -20,8 +20,8 @@ from dataclasses import dataclass
 from histo_common import storage
 from histo_common.images import has_image_suffix
 
-_IDC = re.compile(r"^(\d+)_idx\d+_x\d+_y\d+_class[01]\.\w+$")
-_BREAKHIS = re.compile(r"^SOB_[BM]_[A-Z]+-(\d+-[0-9A-Za-z]+)-\d+-\d+\.\w+$")
+_IDC = re.compile(r"^(\d+)_idx\d+_x\d+_y\d+_class[01]\.\w+$", re.IGNORECASE)
+_BREAKHIS = re.compile(r"^SOB_[BM]_[A-Z]+-(\d+-[0-9A-Z]+)-\d+-\d+\.\w+$", re.IGNORECASE)
 
 
 class LabelsError(ValueError):

@@ -39,6 +39,10 @@ from training.data import (
 logger = logging.getLogger(__name__)
 
 
+# Plain training images used to recompute batch-norm statistics after each epoch.
+BN_CALIBRATION_IMAGES = 1024
+
+
 class TrainingError(RuntimeError):
     """A training run that cannot go on; the message says why and what to do."""
 
@@ -107,16 +111,27 @@ def choose_threshold(
         if fixed == 0.5:
             return 0.5, (
                 "fixed at 0.5: training weights the classes equally, so 0.5 is the "
-                "balanced-accuracy threshold (validation on few patients picks noisy ones)"
+                "balanced-accuracy threshold of a calibrated model"
             )
         return float(fixed), f"fixed at {fixed}"
-    fpr, tpr, thresholds = roc_curve(y_true, scores)
+    fpr, tpr, thresholds = roc_curve(y_true, scores, drop_intermediate=False)
     j = tpr - fpr
     finite = np.isfinite(thresholds)
-    best = np.flatnonzero(np.isclose(j, j[finite].max()) & finite)
-    pick = best[np.argmin(np.abs(thresholds[best] - 0.5))]
-    threshold = float(np.clip(thresholds[pick], 1e-6, 1 - 1e-6))
+    candidates = []
+    for i in np.flatnonzero(np.isclose(j, j[finite].max()) & finite):
+        # Every threshold between this score and the next lower one classifies the
+        # data alike; take the middle of that gap (in logit space) rather than its edge.
+        lower = thresholds[i + 1] if i + 1 < len(thresholds) else 0.0
+        candidates.append(_logit_midpoint(float(thresholds[i]), float(lower)))
+    threshold = min(candidates, key=lambda t: abs(t - 0.5))
     return threshold, "Youden's J (max sensitivity + specificity) on held-out validation patients"
+
+
+def _logit_midpoint(upper: float, lower: float) -> float:
+    eps = 1e-6
+    hi, lo = np.clip([upper, lower], eps, 1 - eps)
+    mid = (np.log(hi / (1 - hi)) + np.log(lo / (1 - lo))) / 2
+    return float(1 / (1 + np.exp(-mid)))
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -170,16 +185,93 @@ class _TimeBudget:
         return TimeBudget()
 
 
-def _callbacks(config: TrainConfig, run_dir: Path, budget_minutes: float | None):  # type: ignore[no-untyped-def]
+def recalibrate_batch_norm(model, batches) -> int:  # type: ignore[no-untyped-def]
+    """Set every batch norm's moving statistics to their average over ``batches``.
+
+    During training the moving averages lag behind weights that change every step
+    and are measured on augmented images; the model then serves un-augmented ones.
+    A pass over plain training images with equal weight per batch ("precise batch
+    norm", Wu & Johnson 2021) gives statistics of the weights as they are now, on the
+    images as the model will see them. Weights other than the statistics are unchanged.
+
+    Returns:
+        The number of batches used.
+    """
     import keras
 
+    layers = [
+        layer
+        for layer in model._flatten_layers(include_self=False)
+        if isinstance(layer, keras.layers.BatchNormalization) and layer.trainable
+    ]
+    if not layers:
+        return 0
+    momenta = [layer.momentum for layer in layers]
+    used = 0
+    try:
+        for used, (images, *_rest) in enumerate(batches, start=1):
+            for layer in layers:
+                layer.momentum = (used - 1) / used  # a running mean over batches
+            model(images, training=True)
+    finally:
+        for layer, momentum in zip(layers, momenta, strict=True):
+            layer.momentum = momentum
+    return used
+
+
+class _HeldOutMetrics:
+    """Precise batch norm, then exact validation metrics, each epoch.
+
+    Before scoring, batch-norm statistics are recomputed on plain training images
+    (:func:`recalibrate_batch_norm`), so what is measured, checkpointed and restored
+    is the model as it will serve. Keras's own AUC metric bins predictions into
+    200 buckets, so a model whose outputs crowd near 0 or 1 scores 0.5; this puts
+    scikit-learn's ``val_auc``, ``val_loss`` and ``val_accuracy`` into the logs
+    instead, before the callbacks that read them.
+    """
+
+    def __new__(cls, held_out):  # type: ignore[no-untyped-def]
+        import keras
+        from sklearn.metrics import log_loss, roc_auc_score
+
+        dataset, labels, n_classes = held_out.dataset, held_out.labels, held_out.n_classes
+
+        class HeldOutMetrics(keras.callbacks.Callback):
+            def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+                if logs is None:
+                    return
+                recalibrate_batch_norm(self.model, held_out.calibration)
+                out = self.model.predict(dataset, verbose=0)
+                if n_classes == 2:
+                    p = np.clip(out[:, 0], 1e-7, 1 - 1e-7)
+                    both = len(np.unique(labels)) == 2
+                    logs["val_auc"] = float(roc_auc_score(labels, p)) if both else 0.5
+                    logs["val_loss"] = float(log_loss(labels, p, labels=[0, 1]))
+                    logs["val_accuracy"] = float(((p >= 0.5) == labels).mean())
+                else:
+                    logs["val_loss"] = float(log_loss(labels, out, labels=range(n_classes)))
+                    logs["val_accuracy"] = float((out.argmax(-1) == labels).mean())
+
+        return HeldOutMetrics()
+
+
+def _callbacks(
+    config: TrainConfig,
+    run_dir: Path,
+    budget_minutes: float | None,
+    held_out: Any,
+):  # type: ignore[no-untyped-def]
+    import keras
+
+    monitor, mode = ("val_auc", "max") if held_out.n_classes == 2 else ("val_accuracy", "max")
     callbacks = [
+        _HeldOutMetrics(held_out),
         keras.callbacks.ModelCheckpoint(
-            str(run_dir / "checkpoint.keras"), monitor="val_auc", mode="max", save_best_only=True
+            str(run_dir / "checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True
         ),
         keras.callbacks.EarlyStopping(
-            monitor="val_auc",
-            mode="max",
+            monitor=monitor,
+            mode=mode,
             patience=config.early_stopping_patience,
             restore_best_weights=True,
         ),
@@ -192,6 +284,16 @@ def _callbacks(config: TrainConfig, run_dir: Path, budget_minutes: float | None)
     if budget_minutes is not None:
         callbacks.append(_TimeBudget(budget_minutes))
     return callbacks
+
+
+@dataclass(frozen=True)
+class _HeldOut:
+    """Validation images for the per-epoch metrics, and training images for batch norm."""
+
+    dataset: Any
+    labels: np.ndarray
+    n_classes: int
+    calibration: Any  # un-augmented training batches for recalibrate_batch_norm
 
 
 def _compile(model, learning_rate: float, n_classes: int) -> None:  # type: ignore[no-untyped-def]
@@ -261,15 +363,21 @@ def _fit_member(
     )
     val_ds = make_dataset(examples, split.validation, training=False, **common)
     weights = class_weights(train_labels, n_classes)
+    rng = np.random.default_rng(config.seed)
+    calibration_idx = sorted(
+        rng.choice(split.train, min(len(split.train), BN_CALIBRATION_IMAGES), replace=False)
+    )
+    calibration = make_dataset(examples, calibration_idx, training=False, **common)
+    labels = np.array([examples[i].label for i in split.validation])
+    held_out = _HeldOut(val_ds, labels, n_classes, calibration)
     model = build_model(config, n_classes)
     _compile(model, config.learning_rate, n_classes)
     fit_start = time.monotonic()
     history = model.fit(
         train_ds,
-        validation_data=val_ds,
         epochs=config.epochs,
         class_weight=weights,
-        callbacks=_callbacks(config, run_dir, budget_minutes),
+        callbacks=_callbacks(config, run_dir, budget_minutes, held_out),
         verbose=verbose,
     )
     epochs_run = len(history.history.get("loss", []))
@@ -278,7 +386,16 @@ def _fit_member(
         if budget_minutes is not None:
             left = max(0.5, budget_minutes - (time.monotonic() - fit_start) / 60)
         epochs_run += _fine_tune(
-            model, config, n_classes, train_ds, val_ds, weights, run_dir, epochs_run, left, verbose
+            model,
+            config,
+            n_classes,
+            train_ds,
+            held_out,
+            weights,
+            run_dir,
+            epochs_run,
+            left,
+            verbose,
         )
     scores = _predict_scores(model, examples, split.validation, **common)
     return model, scores, epochs_run
@@ -351,7 +468,7 @@ def train(config: TrainConfig) -> TrainResult:
     verbose = config.verbose if config.verbose is not None else (1 if os.isatty(1) else 2)
     per_member = config.max_minutes / len(splits) if config.max_minutes else None
     members, epochs_run = [], 0
-    held_out = np.concatenate([np.array(s.validation, dtype=int) for s in splits])
+    held_out_idx = np.concatenate([np.array(s.validation, dtype=int) for s in splits])
     held_scores = []
     with tempfile.TemporaryDirectory(prefix="histo-run-") as tmp:
         run_dir = Path(tmp)
@@ -370,7 +487,7 @@ def train(config: TrainConfig) -> TrainResult:
         train_seconds = time.monotonic() - fit_start
         model = ensemble_classifier(members, name=f"{config.architecture}_x{len(members)}")
 
-        y_held = np.array([dataset.examples[i].label for i in held_out])
+        y_held = np.array([dataset.examples[i].label for i in held_out_idx])
         scores = np.concatenate(held_scores)
         where = "out-of-fold (patient-grouped) predictions" if len(splits) > 1 else "validation"
         if n_classes == 2:
@@ -448,7 +565,7 @@ def train(config: TrainConfig) -> TrainResult:
 
 
 def _fine_tune(
-    model, config, n_classes, train_ds, val_ds, weights, run_dir, initial_epoch, budget, verbose
+    model, config, n_classes, train_ds, held_out, weights, run_dir, initial_epoch, budget, verbose
 ):  # type: ignore[no-untyped-def]
     """Unfreeze the top of MobileNetV2 (batch norm stays frozen) and train on at a lower rate."""
     import keras
@@ -465,11 +582,10 @@ def _fine_tune(
     _compile(model, config.learning_rate / 10, n_classes)
     history = model.fit(
         train_ds,
-        validation_data=val_ds,
         epochs=initial_epoch + config.fine_tune_epochs,
         initial_epoch=initial_epoch,
         class_weight=weights,
-        callbacks=_callbacks(config, run_dir, budget),
+        callbacks=_callbacks(config, run_dir, budget, held_out),
         verbose=verbose,
     )
     return len(history.history.get("loss", []))
