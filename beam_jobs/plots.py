@@ -1,0 +1,144 @@
+"""The evaluation plots as PNG bytes: confusion matrix, ROC, precision-recall,
+calibration curve and prediction histogram by class.
+
+Pure functions of labels and probabilities (matplotlib's Agg backend, no
+display); ``evaluation`` writes the PNGs under ``<output>/plots/`` and embeds
+them in the report.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+
+import numpy as np
+
+PLOT_FILES = {
+    "confusion_matrix": "plots/confusion_matrix.png",
+    "roc": "plots/roc.png",
+    "pr": "plots/precision_recall.png",
+    "calibration": "plots/calibration.png",
+    "histogram": "plots/prediction_histogram.png",
+}
+_FOOTNOTE = "Research use only"
+
+
+def _figure():  # type: ignore[no-untyped-def]
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(5.2, 4.4), dpi=100)
+    return fig, fig.add_subplot(1, 1, 1)
+
+
+def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
+    fig.text(0.99, 0.01, _FOOTNOTE, ha="right", va="bottom", fontsize=7, color="grey")
+    fig.tight_layout()
+    out = io.BytesIO()
+    fig.savefig(out, format="png")
+    return out.getvalue()
+
+
+def confusion_matrix_png(
+    matrix: Sequence[Sequence[int]], labels: Sequence[str], threshold: float
+) -> bytes:
+    """Confusion matrix (rows true, columns predicted) with counts and row shares."""
+    fig, ax = _figure()
+    arr = np.asarray(matrix, dtype=np.float64)
+    shares = arr / np.maximum(arr.sum(axis=1, keepdims=True), 1.0)
+    ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=1.0)
+    for i in range(arr.shape[0]):
+        for j in range(arr.shape[1]):
+            colour = "white" if shares[i, j] > 0.5 else "black"
+            ax.text(
+                j,
+                i,
+                f"{int(arr[i, j])}\n{shares[i, j]:.1%}",
+                ha="center",
+                va="center",
+                color=colour,
+            )
+    ax.set_xticks(range(len(labels)), labels)
+    ax.set_yticks(range(len(labels)), labels)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title(f"Confusion matrix at threshold {threshold:.3f}")
+    return _png(fig)
+
+
+def roc_png(y: np.ndarray, p: np.ndarray, auc: float | None) -> bytes:
+    """ROC curve with the chance diagonal."""
+    from sklearn.metrics import roc_curve
+
+    fig, ax = _figure()
+    if len(set(y.tolist())) == 2:
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, label=f"model (AUC {auc:.3f})" if auc is not None else "model")
+    else:
+        ax.text(0.5, 0.5, "needs both classes", ha="center")
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
+    ax.set_xlabel("1 - specificity (false positive rate)")
+    ax.set_ylabel("sensitivity (true positive rate)")
+    ax.set_title("ROC curve")
+    ax.legend(loc="lower right")
+    return _png(fig)
+
+
+def pr_png(y: np.ndarray, p: np.ndarray, ap: float | None) -> bytes:
+    """Precision-recall curve with the prevalence line."""
+    from sklearn.metrics import precision_recall_curve
+
+    fig, ax = _figure()
+    if y.size and y.sum() > 0:
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.step(
+            recall,
+            precision,
+            where="post",
+            label=f"model (AP {ap:.3f})" if ap is not None else "model",
+        )
+        ax.axhline(float(y.mean()), linestyle="--", color="grey", label="prevalence")
+    else:
+        ax.text(0.5, 0.5, "needs malignant examples", ha="center")
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("recall (sensitivity)")
+    ax.set_ylabel("precision")
+    ax.set_title("Precision-recall curve")
+    ax.legend(loc="lower left")
+    return _png(fig)
+
+
+def calibration_png(bins: Sequence[dict], ece: float | None) -> bytes:
+    """Reliability diagram: observed malignant fraction against mean probability per bin."""
+    fig, ax = _figure()
+    xs = [b["mean_probability"] for b in bins if b["count"]]
+    ys = [b["fraction_malignant"] for b in bins if b["count"]]
+    ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
+    label = f"model (ECE {ece:.3f})" if ece is not None else "model"
+    ax.plot(xs, ys, marker="o", label=label)
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("mean predicted probability of malignant")
+    ax.set_ylabel("observed fraction malignant")
+    ax.set_title("Calibration curve")
+    ax.legend(loc="upper left")
+    return _png(fig)
+
+
+def histogram_png(
+    y: np.ndarray, p: np.ndarray, class_names: Sequence[str], threshold: float
+) -> bytes:
+    """Histogram of the malignant probability for each true class, with the threshold."""
+    fig, ax = _figure()
+    edges = np.linspace(0.0, 1.0, 21)
+    for value, name in enumerate(class_names):
+        ax.hist(p[y == value], bins=edges, alpha=0.6, label=f"true {name}")
+    ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
+    ax.set_xlabel("predicted probability of malignant")
+    ax.set_ylabel("images")
+    ax.set_title("Predictions by true class")
+    ax.legend(loc="upper center")
+    return _png(fig)

@@ -1,0 +1,432 @@
+"""Bulk scoring job: score every matched image with a model version in the contract.
+
+``python -m beam_jobs.score --input 'gs://bucket/slides/**.png' --model gs://models/histo-cnn
+--output gs://results/run1/ [Beam pipeline options]`` (local paths work the same).
+
+Matched files -> ``ReadImages`` -> ``ScoreImages`` (RunInference) -> ``WriteResults``
+and ``WriteErrors`` (+ Grad-CAM overlays). After the run the job checks that
+results + errors = matched files and writes ``<output>/summary.json``. Runs on the
+DirectRunner by default; pass ``--runner DataflowRunner --project P --region R
+--temp_location gs://... --setup_file ./setup.py`` for Dataflow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.runner import PipelineResult
+
+from beam_jobs import files, summary
+from beam_jobs.config import DEFAULT_FORMATS, ConfigError, ScoreConfig
+from beam_jobs.model_handler import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MIN_BATCH,
+    METRICS_NAMESPACE,
+    HistoModelHandler,
+    ServingModelHandler,
+)
+from beam_jobs.stages import ModelIdentity
+from beam_jobs.transforms import (
+    ERRORS,
+    EXPLAINED,
+    ExplainTop,
+    ReadImages,
+    ScoreImages,
+    WriteErrors,
+    WriteOverlays,
+    WriteResults,
+)
+from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from model_export import contract
+from model_export.loader import ModelLoadError, read_metadata, resolve_version
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_RUNNER = "FnApiRunner"
+
+
+def add_model_flags(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by scoring and evaluation: the model and how images are checked."""
+    parser.add_argument("--model", help="model root (latest version) or a version URI")
+    parser.add_argument(
+        "--model-endpoint", help="host:port of TensorFlow Serving (gRPC) to score there instead"
+    )
+    parser.add_argument(
+        "--max-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help="refuse images with more pixels (decompression bombs); default %(default)s",
+    )
+    parser.add_argument(
+        "--max-bytes",
+        type=int,
+        default=DEFAULT_MAX_BYTES,
+        help="refuse larger files, unread; default %(default)s",
+    )
+    parser.add_argument(
+        "--min-batch-size", type=int, default=DEFAULT_MIN_BATCH, help="RunInference batching"
+    )
+    parser.add_argument(
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="RunInference batching"
+    )
+    parser.add_argument(
+        "--large-model",
+        action="store_true",
+        help="share one model across worker processes instead of one per process",
+    )
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace results already under --output"
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The job's own flags; everything else is a Beam pipeline option."""
+    # No abbreviations: a Beam flag must never be taken for a prefix of one of ours.
+    parser = argparse.ArgumentParser(
+        allow_abbrev=False,
+        prog="python -m beam_jobs.score",
+        description="Score images with a histoscreen model (research use only). "
+        "Unknown flags are Beam pipeline options (--runner, --project, ...).",
+    )
+    parser.add_argument(
+        "--input",
+        action="append",
+        required=True,
+        help="glob or URI of images (gs:// or local; ** crosses folders); repeatable",
+    )
+    parser.add_argument("--output", required=True, help="output folder URI")
+    add_model_flags(parser)
+    parser.add_argument(
+        "--gradcam", action="store_true", help="write Grad-CAM overlays under <output>/gradcam/"
+    )
+    parser.add_argument(
+        "--gradcam-top",
+        type=int,
+        metavar="N",
+        help="overlays only for the N most suspicious images (implies --gradcam)",
+    )
+    parser.add_argument(
+        "--formats",
+        default=",".join(DEFAULT_FORMATS),
+        help="result formats, comma-separated: jsonl (always), csv, parquet",
+    )
+    parser.add_argument(
+        "--num-shards", type=int, default=0, help="output shards (0: runner decides)"
+    )
+    return parser
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[ScoreConfig, list[str]]:
+    """Split ``argv`` into the job's config and Beam's pipeline arguments."""
+    args, pipeline_args = build_parser().parse_known_args(argv)
+    config = ScoreConfig(
+        inputs=tuple(args.input),
+        output=args.output,
+        model=args.model,
+        model_endpoint=args.model_endpoint,
+        gradcam=args.gradcam or args.gradcam_top is not None,
+        gradcam_top=args.gradcam_top,
+        formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
+        max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        large_model=args.large_model,
+        num_shards=args.num_shards,
+        overwrite=args.overwrite,
+    )
+    return config, pipeline_args
+
+
+def resolve_identity(model: str | None, endpoint: str | None) -> ModelIdentity:
+    """Pin the model version once, at launch, from its metadata (no TensorFlow needed).
+
+    Raises:
+        ModelLoadError: when ``model`` holds no usable version.
+    """
+    if not model:
+        return ModelIdentity(name="tf-serving", version=0, uri=str(endpoint))
+    version_uri, version = resolve_version(model)
+    metadata = read_metadata(version_uri)
+    if metadata.version != version:
+        raise ModelLoadError(
+            f"{version_uri}/{contract.METADATA_FILE} says version {metadata.version}, "
+            f"but the folder is version {version}"
+        )
+    if "://" not in version_uri:
+        version_uri = os.path.abspath(version_uri)  # rows and summaries mean it from anywhere
+    return ModelIdentity(name=metadata.model_name, version=version, uri=version_uri)
+
+
+def make_handler(
+    identity: ModelIdentity,
+    *,
+    endpoint: str | None,
+    signature: str,
+    min_batch_size: int,
+    max_batch_size: int,
+    large_model: bool,
+) -> HistoModelHandler | ServingModelHandler:
+    """The RunInference handler: TensorFlow Serving when given an endpoint, else local."""
+    kwargs: dict[str, Any] = {
+        "identity": identity,
+        "signature": signature,
+        "min_batch_size": min_batch_size,
+        "max_batch_size": max_batch_size,
+        "large_model": large_model,
+    }
+    if endpoint:
+        return ServingModelHandler(endpoint, **kwargs)
+    return HistoModelHandler(identity.uri, **kwargs)
+
+
+def prepare_output(output: str, overwrite: bool) -> None:
+    """Refuse to mix runs in one output folder, or clear the old run with ``overwrite``.
+
+    Raises:
+        ConfigError: when ``output`` already holds results and ``overwrite`` is False.
+    """
+    patterns = [files.join(output, sub, "*") for sub in ("results", "errors")]
+    existing = [uri for pattern in patterns for uri in files.list_files(pattern)]
+    if not existing:
+        return
+    if not overwrite:
+        raise ConfigError(
+            f"{output} already holds results ({existing[0]}); choose a new --output or "
+            "pass --overwrite"
+        )
+    leftovers = [
+        *patterns,
+        files.join(output, "gradcam", "**"),
+        files.join(output, "*.json"),
+        files.join(output, files.MANIFEST_FILE),
+    ]
+    removed = sum(files.delete_matching(p) for p in leftovers)
+    logger.info("Removed %d files of an earlier run under %s", removed, output)
+
+
+@dataclass(frozen=True)
+class ScoringPlan:
+    """What a pipeline will score, decided at launch."""
+
+    matched: list[files.MatchedFile]
+    identity: ModelIdentity
+    base: str  # the folder holding every input; overlay names are paths under it
+    manifest: str = ""  # URI of the manifest the pipeline reads; set by write_plan
+
+
+def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None) -> ScoringPlan:
+    """Match the inputs and pin the model version.
+
+    Raises:
+        files.InputError: when the patterns match nothing.
+        ModelLoadError: when the model URI holds no usable version.
+    """
+    matched = files.match_inputs(inputs)
+    if not matched:
+        raise files.InputError(f"no files match --input {' '.join(inputs)}")
+    identity = resolve_identity(model, endpoint)
+    base = files.common_base(m.uri for m in matched)
+    logger.info(
+        "Scoring %d files with %s version %d (%s)",
+        len(matched),
+        identity.name,
+        identity.version,
+        identity.uri,
+    )
+    return ScoringPlan(matched=matched, identity=identity, base=base)
+
+
+def write_plan(plan: ScoringPlan, output: str) -> ScoringPlan:
+    """Write the manifest of matched files under ``output``; return the plan naming it."""
+    return replace(plan, manifest=files.write_manifest(output, plan.matched))
+
+
+def add_scoring(
+    pipeline: beam.Pipeline, config: ScoreConfig, plan: ScoringPlan
+) -> dict[str, beam.PCollection]:
+    """Add the scoring stages to ``pipeline``; return its ``results`` and ``errors``.
+
+    The plan must have been written (:func:`write_plan`): the pipeline reads its
+    inputs from the manifest.
+    """
+    if not plan.manifest:
+        raise ValueError("write the plan's manifest (write_plan) before adding the stages")
+    explain_all = config.gradcam and config.gradcam_top is None
+    handler_kwargs = {
+        "endpoint": config.model_endpoint,
+        "min_batch_size": config.min_batch_size,
+        "max_batch_size": config.max_batch_size,
+        "large_model": config.large_model,
+    }
+    signature = contract.EXPLAIN_SIGNATURE if explain_all else contract.PREDICT_SIGNATURE
+    handler = make_handler(plan.identity, signature=signature, **handler_kwargs)
+
+    read = (
+        pipeline
+        | "ReadManifest" >> beam.io.ReadFromText(plan.manifest)
+        | "ParseManifest" >> beam.Map(files.parse_manifest_line)
+        | "SpreadFiles" >> beam.Reshuffle()
+        | "ReadImages" >> ReadImages(config.max_pixels, config.max_bytes)
+    )
+    scored = read["images"] | "ScoreImages" >> ScoreImages(handler)
+    errors = (read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+    _ = scored["results"] | "WriteResults" >> WriteResults(
+        config.output, config.formats, config.num_shards
+    )
+    _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
+
+    if config.gradcam:
+        if explain_all:
+            explained = scored[EXPLAINED]
+        else:
+            explain = make_handler(
+                plan.identity, signature=contract.EXPLAIN_SIGNATURE, **handler_kwargs
+            )
+            explained = scored["results"] | "ExplainTop" >> ExplainTop(
+                config.gradcam_top, explain, config.max_pixels, config.max_bytes
+            )
+        _ = explained | "WriteOverlays" >> WriteOverlays(config.output, plan.base)
+    return {"results": scored["results"], ERRORS: errors}
+
+
+def query_counters(result: PipelineResult) -> dict[str, int]:
+    """The job's Beam counters (images read, scored, failed, bytes ...), by name."""
+    try:
+        metrics = result.metrics().query(MetricsFilter().with_namespace(METRICS_NAMESPACE))
+    except Exception as exc:  # not every runner answers metric queries
+        logger.warning("Could not read Beam counters: %s", exc)
+        return {}
+    counters: dict[str, int] = {}
+    for counter in metrics.get("counters", []):
+        value = counter.committed if counter.committed is not None else counter.attempted
+        counters[counter.key.metric.name] = counters.get(counter.key.metric.name, 0) + int(value)
+    return counters
+
+
+def finish(
+    result: PipelineResult,
+    *,
+    output: str,
+    inputs: Sequence[str],
+    plan: ScoringPlan,
+    started: float,
+    runner: str,
+) -> dict[str, Any]:
+    """Wait for the run, check completeness, write and log the summary.
+
+    Raises:
+        summary.IncompleteOutputError: when results + errors != matched files.
+    """
+    result.wait_until_finish()
+    elapsed = time.monotonic() - started
+    completeness = summary.check_completeness(output, [m.uri for m in plan.matched])
+    document = summary.summary_document(
+        completeness,
+        plan.identity,
+        inputs=inputs,
+        output=output,
+        elapsed_s=elapsed,
+        counters=query_counters(result),
+        runner=runner,
+    )
+    uri = summary.write_summary(output, document)
+    line = summary.describe(completeness)
+    (logger.info if completeness.ok else logger.error)(line)
+    logger.info(
+        "Scored %d, failed %d of %d files in %.1f s (%.1f images/s); summary at %s",
+        completeness.scored,
+        completeness.failed,
+        completeness.matched,
+        elapsed,
+        document["images_per_s"] or 0.0,
+        uri,
+    )
+    if not completeness.ok:
+        raise summary.IncompleteOutputError(line)
+    return document
+
+
+def pipeline_options(pipeline_args: Sequence[str]) -> PipelineOptions:
+    """Beam options from the leftover flags; the in-process runner when none is named.
+
+    Without ``--runner`` the job runs on the DirectRunner's in-process engine
+    (``FnApiRunner``) directly: Beam 2.77's ``DirectRunner`` would first try to
+    download the Prism runner binary from GitHub and use it when it can.
+    """
+    options = PipelineOptions(list(pipeline_args))
+    standard = options.view_as(StandardOptions)
+    if not standard.runner:
+        standard.runner = DEFAULT_RUNNER
+    return options
+
+
+def run(
+    argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None
+) -> PipelineResult:
+    """Build and run the scoring pipeline, then check and summarise its output.
+
+    Args:
+        argv: command-line arguments (the job's flags and Beam pipeline options).
+        test_pipeline: a ``TestPipeline`` to use instead of building one.
+
+    Returns:
+        The finished pipeline's result.
+
+    Raises:
+        ConfigError, files.InputError, ModelLoadError: for bad flags, inputs or model.
+        summary.IncompleteOutputError: when rows do not account for every input.
+    """
+    config, pipeline_args = parse_args(argv)
+    started = time.monotonic()
+    plan = plan_scoring(config.inputs, config.model, config.model_endpoint)
+    prepare_output(config.output, config.overwrite)
+    plan = write_plan(plan, config.output)
+    pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(pipeline_args))
+    add_scoring(pipeline, config, plan)
+    result = pipeline.run()
+    runner = pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
+    finish(
+        result,
+        output=config.output,
+        inputs=config.inputs,
+        plan=plan,
+        started=started,
+        runner=runner,
+    )
+    return result
+
+
+def configure_logging() -> None:
+    """INFO logs with time and logger name (replacing the handler Beam's import installs)."""
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s", force=True
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point (``histo-score``); returns the exit status."""
+    configure_logging()
+    try:
+        run(argv)
+    except (ConfigError, files.InputError, ModelLoadError) as exc:
+        sys.stderr.write(f"error: {exc}\n")
+        return 2
+    except summary.IncompleteOutputError as exc:
+        sys.stderr.write(f"error: output is incomplete: {exc}\n")
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,298 @@
+"""The reusable Beam stages of the scoring and evaluation jobs.
+
+``ReadImages`` (matched files -> checked images + error rows), ``ScoreImages``
+(``RunInference`` -> result rows + error rows [+ heatmaps]), ``WriteResults`` and
+``WriteErrors`` (sharded JSON Lines, CSV, Parquet), ``ExplainTop`` (Grad-CAM for
+the N most suspicious images) and ``WriteOverlays`` (overlay PNGs). Each is a
+composite ``PTransform``; the logic they run is in :mod:`beam_jobs.stages`.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import PredictionResult, RunInference
+
+from beam_jobs import files, stages
+from beam_jobs.model_handler import METRICS_NAMESPACE
+from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from histo_common.results import ErrorRow, ResultRow
+
+logger = logging.getLogger(__name__)
+
+ERRORS = "errors"
+EXPLAINED = "explained"
+PROGRESS_EVERY = 500
+
+
+class _ReadAndCheck(beam.DoFn):
+    """Read one matched file and check it; bad files go to the ``errors`` output."""
+
+    def __init__(self, max_pixels: int, max_bytes: int) -> None:
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.images_read = Metrics.counter(METRICS_NAMESPACE, "images_read")
+        self.bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
+        self.images_failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+        self._seen = 0
+        self._bytes = 0
+
+    def process(self, matched: files.MatchedFile) -> Iterator[Any]:
+        row = stages.too_large(matched.uri, matched.size, self.max_bytes)
+        if row is None:
+            try:
+                data = files.read_file(matched.uri)
+            except Exception as exc:  # any storage failure is this file's error, not the job's
+                row = ErrorRow.build(matched.uri, f"cannot read: {stages.one_line(exc)}", "read")
+            else:
+                self.images_read.inc()
+                self.bytes_read.inc(len(data))
+                self._progress(len(data))
+                row = stages.check_image(
+                    matched.uri, data, max_pixels=self.max_pixels, max_bytes=self.max_bytes
+                )
+        if isinstance(row, ErrorRow):
+            self.images_failed.inc()
+            logger.warning("Skipping %s: %s", row.uri, row.reason)
+            yield beam.pvalue.TaggedOutput(ERRORS, row)
+        else:
+            yield row
+
+    def _progress(self, size: int) -> None:
+        self._seen += 1
+        self._bytes += size
+        if self._seen % PROGRESS_EVERY == 0:
+            logger.info(
+                "Read %d images (%.1f MB) so far in this worker", self._seen, self._bytes / 1e6
+            )
+
+
+class ReadImages(beam.PTransform):
+    """Matched files -> ``CheckedImage`` (main output) and ``ErrorRow`` (``errors``).
+
+    Files over the size limit are refused before they are read; unreadable,
+    empty, non-image, truncated and too-large images become error rows.
+    """
+
+    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
+        super().__init__()
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+
+    def expand(self, matched: beam.PCollection) -> dict[str, beam.PCollection]:
+        outputs = matched | "ReadAndCheck" >> beam.ParDo(
+            _ReadAndCheck(self.max_pixels, self.max_bytes)
+        ).with_outputs(ERRORS, main="images")
+        return {"images": outputs.images, ERRORS: outputs[ERRORS]}
+
+
+class _SplitOutcomes(beam.DoFn):
+    """PredictionResult -> result row, or error row (``errors``), plus heatmaps (``explained``)."""
+
+    def __init__(self, keep_heatmaps: bool) -> None:
+        self.keep_heatmaps = keep_heatmaps
+        self.images_scored = Metrics.counter(METRICS_NAMESPACE, "images_scored")
+        self.images_failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+        self._scored = 0
+        self._started = 0.0
+
+    def setup(self) -> None:
+        self._started = time.monotonic()
+
+    def process(self, result: PredictionResult) -> Iterator[Any]:
+        image, outcome = result.example, result.inference
+        row = stages.result_row(image, outcome)
+        if isinstance(row, ErrorRow):
+            self.images_failed.inc()
+            logger.warning("Model refused %s: %s", row.uri, row.reason)
+            yield beam.pvalue.TaggedOutput(ERRORS, row)
+            return
+        self.images_scored.inc()
+        self._scored += 1
+        if self._scored % PROGRESS_EVERY == 0:
+            rate = self._scored / max(time.monotonic() - self._started, 1e-9)
+            logger.info(
+                "Scored %d images so far in this worker (%.0f images/s)", self._scored, rate
+            )
+        yield row
+        if self.keep_heatmaps and outcome.heatmap is not None:
+            yield beam.pvalue.TaggedOutput(EXPLAINED, (image, outcome))
+
+
+class ScoreImages(beam.PTransform):
+    """Checked images -> ``ResultRow`` (``results``), ``ErrorRow`` (``errors``) and,
+    with an ``explain`` handler, ``(image, outcome)`` pairs with heatmaps (``explained``).
+
+    Args:
+        handler: a :mod:`beam_jobs.model_handler` handler (local SavedModel or TF Serving).
+    """
+
+    def __init__(self, handler: Any) -> None:
+        super().__init__()
+        self.handler = handler
+
+    def expand(self, images: beam.PCollection) -> dict[str, beam.PCollection]:
+        keep = self.handler.signature == "explain"
+        outputs = (
+            images
+            | "RunInference" >> RunInference(self.handler)
+            | "SplitOutcomes"
+            >> beam.ParDo(_SplitOutcomes(keep)).with_outputs(ERRORS, EXPLAINED, main="results")
+        )
+        return {"results": outputs.results, ERRORS: outputs[ERRORS], EXPLAINED: outputs[EXPLAINED]}
+
+
+class WriteResults(beam.PTransform):
+    """Result rows -> ``<output>/results/part-*.jsonl`` (+ ``.csv`` with header, ``.parquet``)."""
+
+    def __init__(self, output: str, formats: tuple[str, ...] = ("jsonl",), num_shards: int = 0):
+        super().__init__()
+        self.prefix = files.join(output, "results", "part")
+        self.formats = formats
+        self.num_shards = num_shards
+
+    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, ...]:
+        written = []
+        if "jsonl" in self.formats:
+            written.append(
+                rows
+                | "ResultsToJson" >> beam.Map(ResultRow.to_json)
+                | "WriteResultsJsonl"
+                >> beam.io.WriteToText(
+                    self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards
+                )
+            )
+        if "csv" in self.formats:
+            written.append(
+                rows
+                | "ResultsToCsv" >> beam.Map(stages.csv_line)
+                | "WriteResultsCsv"
+                >> beam.io.WriteToText(
+                    self.prefix,
+                    file_name_suffix=".csv",
+                    header=stages.csv_header(),
+                    num_shards=self.num_shards,
+                )
+            )
+        if "parquet" in self.formats:
+            written.append(
+                rows
+                | "ResultsToDicts" >> beam.Map(ResultRow.to_dict)
+                | "WriteResultsParquet"
+                >> beam.io.WriteToParquet(
+                    self.prefix,
+                    stages.parquet_schema(),
+                    file_name_suffix=".parquet",
+                    num_shards=self.num_shards,
+                )
+            )
+        return tuple(written)
+
+
+class WriteErrors(beam.PTransform):
+    """Error rows -> ``<output>/errors/part-*.jsonl`` (each with ``uri`` and ``reason``)."""
+
+    def __init__(self, output: str, num_shards: int = 0):
+        super().__init__()
+        self.prefix = files.join(output, "errors", "part")
+        self.num_shards = num_shards
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "ErrorsToJson" >> beam.Map(ErrorRow.to_json)
+            | "WriteErrorsJsonl"
+            >> beam.io.WriteToText(
+                self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards
+            )
+        )
+
+
+def _reread(row: ResultRow, max_pixels: int, max_bytes: int) -> Iterator[stages.CheckedImage]:
+    try:
+        checked = stages.check_image(
+            row.uri, files.read_file(row.uri), max_pixels=max_pixels, max_bytes=max_bytes
+        )
+    except Exception as exc:  # the file changed since it was scored: no overlay, no failure
+        logger.warning("No Grad-CAM for %s: %s", row.uri, stages.one_line(exc))
+        return
+    if isinstance(checked, stages.CheckedImage):
+        yield checked
+
+
+class ExplainTop(beam.PTransform):
+    """Result rows -> ``(image, outcome)`` with heatmaps for the N most suspicious images.
+
+    Args:
+        top_n: how many images, highest malignant probability first.
+        handler: an ``explain`` handler.
+    """
+
+    def __init__(self, top_n: int, handler: Any, max_pixels: int, max_bytes: int) -> None:
+        super().__init__()
+        self.top_n = top_n
+        self.handler = handler
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+
+    def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        return (
+            rows
+            | "MostSuspicious" >> beam.combiners.Top.Of(self.top_n, key=_probability)
+            | "OnePerRow" >> beam.FlatMap(lambda top: top)
+            | "RereadImages" >> beam.FlatMap(_reread, self.max_pixels, self.max_bytes)
+            | "RunExplain" >> RunInference(self.handler)
+            | "KeepExplained"
+            >> beam.FlatMap(
+                lambda r: [(r.example, r.inference)] if r.inference.heatmap is not None else []
+            )
+        )
+
+
+def _probability(row: ResultRow) -> float:
+    return row.probability
+
+
+class _WriteOverlay(beam.DoFn):
+    """Render and write one overlay PNG; a failure is logged and counted, not fatal."""
+
+    def __init__(self, output: str, base: str) -> None:
+        self.output = output
+        self.base = base
+        self.written = Metrics.counter(METRICS_NAMESPACE, "gradcam_written")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "gradcam_failed")
+
+    def process(self, pair: tuple[stages.CheckedImage, stages.ScoreOutcome]) -> Iterator[str]:
+        image, outcome = pair
+        uri = files.join(self.output, "gradcam", stages.gradcam_name(image.uri, self.base))
+        try:
+            png = stages.overlay_png(image.data, outcome.prediction, outcome.heatmap)
+            files.write_file(uri, png, mime_type="image/png")
+        except Exception as exc:  # an overlay is a by-product: never lose the job for it
+            self.failed.inc()
+            logger.warning("Could not write Grad-CAM for %s: %s", image.uri, stages.one_line(exc))
+            return
+        self.written.inc()
+        yield uri
+
+
+class WriteOverlays(beam.PTransform):
+    """``(image, outcome)`` pairs -> ``<output>/gradcam/<input path>.gradcam.png``.
+
+    Args:
+        output: the job's output folder.
+        base: the folder that holds every input; overlay names are paths under it.
+    """
+
+    def __init__(self, output: str, base: str) -> None:
+        super().__init__()
+        self.output = output
+        self.base = base
+
+    def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        return pairs | "RenderAndWrite" >> beam.ParDo(_WriteOverlay(self.output, self.base))

@@ -1,0 +1,293 @@
+"""Pure steps of the Beam jobs: image checks, batch isolation, rows, names, labels, gate."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+
+import numpy as np
+import pytest
+
+from beam_jobs import files, gate, labels, stages, summary
+from beam_jobs.config import ConfigError, EvaluateConfig, GateConfig, ScoreConfig
+from histo_common.results import RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
+
+MODEL = stages.ModelIdentity(name="histo-cnn", version=3, uri="/m/histo-cnn/3")
+
+EXPECTED_REASONS = {
+    "empty.png": "empty",
+    "notes.png": "not an image",
+    "truncated.png": "truncated",
+    "bomb.png": "decompression bomb",
+}
+
+
+def test_check_image_sorts_the_corpus(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+    for name, expected in bad_corpus.expected.items():
+        path = bad_corpus.root / name
+        if path.is_dir():
+            continue
+        out = stages.check_image(str(path), path.read_bytes())
+        if expected == "scored":
+            assert isinstance(out, stages.CheckedImage), (name, out)
+            assert (out.width, out.height) == (40, 40)
+        else:
+            assert isinstance(out, ErrorRow), name
+            assert out.stage == "check"
+            assert EXPECTED_REASONS[name] in out.reason.lower(), out.reason
+            assert "\n" not in out.reason
+
+
+def test_tiff_is_transcoded_to_png(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+    out = stages.check_image("x.tif", (bad_corpus.root / "scan.tif").read_bytes())
+    assert isinstance(out, stages.CheckedImage)
+    assert out.format == "TIFF"
+    assert out.data.startswith(b"\x89PNG")
+
+
+def test_size_limit_is_checked_before_reading() -> None:
+    assert stages.too_large("a.png", 10, 100) is None
+    row = stages.too_large("a.png", 1000, 100)
+    assert isinstance(row, ErrorRow) and "over the limit" in row.reason and row.stage == "read"
+
+
+def _fake_signature(bad: set[bytes]):  # type: ignore[no-untyped-def]
+    calls = []
+
+    class BadImage(ValueError):
+        pass
+
+    def call(images: list[bytes]) -> dict[str, np.ndarray]:
+        calls.append(len(images))
+        if bad & set(images):
+            raise BadImage("cannot decode image\nwith a long graph trace")
+        p = np.asarray([len(i) / 10 for i in images], dtype=np.float32)
+        return {
+            "probability": p,
+            "label": np.asarray([b"malignant" if x >= 0.5 else b"benign" for x in p]),
+            "threshold": np.full(len(images), 0.5, dtype=np.float32),
+        }
+
+    return call, calls, lambda exc: isinstance(exc, BadImage)
+
+
+def test_score_batch_isolates_refused_images() -> None:
+    bad = {b"xx", b"yyyyy"}
+    call, calls, is_input = _fake_signature(bad)
+    images = [b"a", b"xx", b"abc", b"abcdef", b"yyyyy", b"abcd", b"ab", b"abcdefg"]
+    outcomes = stages.score_batch(images, call, MODEL, is_input)
+    assert len(outcomes) == len(images)
+    for image, outcome in zip(images, outcomes, strict=True):
+        if image in bad:
+            assert outcome.prediction is None
+            assert outcome.error == "BadImage: cannot decode image"
+        else:
+            assert outcome.prediction.probability == pytest.approx(len(image) / 10)
+            assert outcome.model == MODEL
+    assert calls[0] == len(images)  # tried as one batch first
+
+
+def test_one_line_keeps_what_went_wrong() -> None:
+    tf_message = (
+        "Graph execution error:\n\nDetected at node map/DecodeImage defined at (most recent "
+        "call last):\n<stack traces unavailable>\nInvalid PNG. Failed to initialize decoder.\n"
+        "\t [[{{node map/DecodeImage}}]] [Op:__inference_signature_wrapper_2175]"
+    )
+    assert stages.one_line(ValueError(tf_message)) == (
+        "ValueError: Invalid PNG. Failed to initialize decoder."
+    )
+    assert stages.one_line("x" * 400).endswith("...") and len(stages.one_line("x" * 400)) == 300
+
+
+def test_score_batch_propagates_infrastructure_errors() -> None:
+    def broken(images: list[bytes]) -> dict[str, np.ndarray]:
+        raise ConnectionError("model server gone")
+
+    with pytest.raises(ConnectionError):
+        stages.score_batch([b"a", b"b"], broken, MODEL, lambda exc: False)
+
+
+def test_result_row_and_error_row() -> None:
+    image = stages.CheckedImage("gs://b/x.png", b"..", 50, 40, "PNG")
+    ok = stages.ScoreOutcome(Prediction(0.81234567, "malignant", 0.5), MODEL)
+    row = stages.result_row(image, ok)
+    assert isinstance(row, ResultRow)
+    assert (row.uri, row.label, row.model_version, row.image_width, row.image_height) == (
+        "gs://b/x.png",
+        "malignant",
+        3,
+        50,
+        40,
+    )
+    refused = stages.ScoreOutcome(None, MODEL, error="InvalidArgumentError: bad")
+    err = stages.result_row(image, refused)
+    assert isinstance(err, ErrorRow) and err.stage == "score" and "bad" in err.reason
+
+
+def test_csv_line_quotes_and_matches_header() -> None:
+    row = ResultRow.build(
+        "/data/a,b.png",
+        Prediction(0.5, "malignant", 0.5),
+        model_name="m",
+        model_version=1,
+        width=1,
+        height=2,
+    )
+    text = stages.csv_header() + "\n" + stages.csv_line(row) + "\n"
+    (parsed,) = list(csv.DictReader(io.StringIO(text)))
+    assert tuple(parsed) == RESULT_COLUMNS
+    assert parsed["uri"] == "/data/a,b.png"
+    assert float(parsed["probability"]) == 0.5
+
+
+def test_gradcam_name_stays_under_the_output() -> None:
+    assert stages.gradcam_name("gs://b/data/x/y.png", "gs://b/data") == "x/y.png.gradcam.png"
+    assert stages.gradcam_name("/a/../etc/p.png", "") == "a/etc/p.png.gradcam.png"
+    assert stages.gradcam_name("gs://other/z.png", "gs://b/data") == "other/z.png.gradcam.png"
+
+
+def test_common_base() -> None:
+    assert files.common_base(["gs://b/d/x/1.png", "gs://b/d/y/2.png"]) == "gs://b/d"
+    assert files.common_base(["/t/a/1.png"]) == "/t/a"
+    assert files.common_base([]) == ""
+
+
+def test_reconcile_finds_missing_duplicated_unexpected() -> None:
+    ok = summary.reconcile(["a", "b", "c"], ["a", "b"], ["c"])
+    assert ok.ok and (ok.scored, ok.failed, ok.matched) == (2, 1, 3)
+    bad = summary.reconcile(["a", "b", "c"], ["a", "a"], ["z"])
+    assert not bad.ok
+    assert bad.missing == ["b", "c"] and bad.duplicated == ["a"] and bad.unexpected == ["z"]
+    assert "MISMATCH" in summary.describe(bad)
+
+
+def test_match_inputs_deduplicates_across_patterns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "d").mkdir()
+    for name in ("a.png", "b.png", "c.jpg"):
+        (tmp_path / "d" / name).write_bytes(b"x" * 3)
+    matched = files.match_inputs([f"{tmp_path}/d/*.png", f"{tmp_path}/**", f"{tmp_path}/none/*"])
+    assert [m.uri for m in matched] == [
+        str(tmp_path / "d" / n) for n in ("a.png", "b.png", "c.jpg")
+    ]
+    assert all(m.size == 3 for m in matched)
+
+
+def test_labels_from_paths_and_names() -> None:
+    assert labels.label_from_path("gs://b/set/malignant/x.png") == "malignant"
+    assert labels.label_from_path("/d/Benign/sub/x.png") == "benign"
+    assert labels.label_from_path("/d/other/x.png") is None
+    assert labels.patient_from_name("/x/8863_idx5_x1001_y1001_class0.png") == "8863"
+    assert labels.patient_from_name("SOB_M_DC-14-2523-400-001.png") == "14-2523"
+    assert labels.patient_from_name("SOB_B_A-14-22549AB-40-001.png") == "14-22549AB"
+    assert labels.patient_from_name("synthetic_benign_00001.png") is None
+
+
+def test_labels_csv_resolves_relative_paths(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    text = "path,label,patient_id\nimgs/a.png,malignant,p1\ngs://b/c.png,0,\nimgs/8863_idx5_x1_y1_class0.png,benign,\n"
+    parsed = labels.parse_labels_csv(text, f"{tmp_path}/labels.csv")
+    assert parsed[labels.normalise_uri(f"{tmp_path}/imgs/a.png")] == labels.TrueLabel(
+        "malignant", "p1"
+    )
+    assert parsed["gs://b/c.png"] == labels.TrueLabel("benign", None)
+    assert (
+        parsed[labels.normalise_uri(f"{tmp_path}/imgs/8863_idx5_x1_y1_class0.png")].patient_id
+        == "8863"
+    )
+    found = labels.true_label(f"file://{tmp_path}/imgs/a.png", parsed)
+    assert found == labels.TrueLabel("malignant", "p1")
+    with pytest.raises(labels.LabelsError, match="line 2"):
+        labels.parse_labels_csv("path,label\nx.png,maybe\n", "l.csv")
+    with pytest.raises(labels.LabelsError, match="'label' column"):
+        labels.parse_labels_csv("file,class\nx.png,benign\n", "l.csv")
+
+
+def test_gate_checks_minimums_and_maximums() -> None:
+    level = {
+        "roc_auc": {"value": 0.91},
+        "sensitivity": {"value": 0.7},
+        "brier_score": {"value": 0.2},
+        "expected_calibration_error": {"value": None},
+    }
+    passed = gate.check_gate(level, GateConfig(minimums={"roc_auc": 0.9}))
+    assert passed["blessed"] and passed["reasons"] == []
+    failed = gate.check_gate(
+        level,
+        GateConfig(
+            minimums={"roc_auc": 0.9, "sensitivity": 0.8},
+            maximums={"brier_score": 0.1, "expected_calibration_error": 0.1},
+        ),
+    )
+    assert not failed["blessed"]
+    assert len(failed["reasons"]) == 3
+    assert any("sensitivity = 0.7000 is below the minimum 0.8" in r for r in failed["reasons"])
+    assert any("could not be computed" in r for r in failed["reasons"])
+    text = gate.blessing_text(failed, {"name": "m", "version": 2}, "/out")
+    assert text.startswith("NOT_BLESSED: m version 2") and "Research use only" in text
+
+
+def test_configs_refuse_bad_flags() -> None:
+    with pytest.raises(ConfigError, match="--model"):
+        ScoreConfig(inputs=("a",), output="o")
+    with pytest.raises(ConfigError, match="--gradcam-top"):
+        ScoreConfig(inputs=("a",), output="o", model="m", gradcam=True, gradcam_top=0)
+    with pytest.raises(ConfigError, match="--formats"):
+        ScoreConfig(inputs=("a",), output="o", model="m", formats=("xml",))
+    assert ScoreConfig(inputs=("a",), output="o", model="m", formats=("csv",)).formats[0] == "jsonl"
+    with pytest.raises(ConfigError, match="either"):
+        EvaluateConfig(output="o", inputs=("a",), scores="s", model="m")
+
+
+def test_summary_document_is_json_ready() -> None:
+    doc = summary.summary_document(
+        summary.reconcile(["a"], ["a"], []),
+        MODEL,
+        inputs=["*.png"],
+        output="/o",
+        elapsed_s=2.0,
+        counters={"images_read": 1},
+        runner="FnApiRunner",
+    )
+    again = json.loads(json.dumps(doc))
+    assert again["complete"] is True and again["images_per_s"] == 0.5
+    assert again["model"] == {"name": "histo-cnn", "version": 3, "uri": "/m/histo-cnn/3"}
+
+
+def test_beam_flags_pass_through_to_pipeline_options() -> None:
+    from apache_beam.options.pipeline_options import GoogleCloudOptions, StandardOptions
+
+    from beam_jobs import score
+
+    dataflow = [
+        "--runner",
+        "DataflowRunner",
+        "--project",
+        "proj",
+        "--region",
+        "europe-west4",
+        "--temp_location",
+        "gs://tmp-bucket/tmp",
+        "--setup_file",
+        "./setup.py",
+        "--max_num_workers",
+        "4",
+    ]
+    config, rest = score.parse_args(
+        [
+            "--input",
+            "gs://b/**.png",
+            "--input",
+            "/l/*.png",
+            "--model",
+            "m",
+            "--output",
+            "o",
+            *dataflow,
+        ]
+    )
+    assert config.inputs == ("gs://b/**.png", "/l/*.png")
+    assert rest == dataflow
+    options = score.pipeline_options(rest)
+    assert options.view_as(StandardOptions).runner == "DataflowRunner"
+    assert options.view_as(GoogleCloudOptions).project == "proj"
+    assert score.pipeline_options([]).view_as(StandardOptions).runner == score.DEFAULT_RUNNER
