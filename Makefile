@@ -23,7 +23,8 @@ export GCE_METADATA_HOST := 127.0.0.1:9
 export GCE_METADATA_IP := 127.0.0.1:9
 export PYTHONDONTWRITEBYTECODE := 1
 
-.PHONY: help setup lint format test pytest demo samples infra-check infra-plan bench clean
+.PHONY: help setup lint format test pytest demo samples train score evaluate watch app \
+	function-zip bench bench-training infra-check infra-plan clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -60,6 +61,34 @@ samples: setup ## generate the synthetic sample set into the local bucket
 
 demo: setup ## run the pipeline end to end on the embedded default (local folders)
 	bash scripts/demo.sh
+
+train: setup ## train on the sample bucket (DATA=..., OUTPUT=..., ARGS=... to change)
+	$(PY) -m training --data $(or $(DATA),$(SAMPLE_DATA)) --output $(or $(OUTPUT),$(MODELS)) $(ARGS)
+
+score: setup ## bulk-score images with Beam (INPUT='glob', OUTPUT=..., ARGS=...)
+	$(PY) -m beam_jobs.score --input '$(or $(INPUT),$(SAMPLE_DATA)/**.png)' \
+		--model $(MODELS)/histo-cnn --output $(or $(OUTPUT),$(RESULTS)/scores) $(ARGS)
+
+evaluate: setup ## evaluate a scoring run against its folder labels (SCORES=..., OUTPUT=...)
+	$(PY) -m beam_jobs.evaluate --scores $(or $(SCORES),$(RESULTS)/scores) \
+		--output $(or $(OUTPUT),$(RESULTS)/evaluation) $(ARGS)
+
+watch: setup ## run the upload function locally: drop images into buckets/uploads/
+	$(PY) -m functions.watch --bucket $(UPLOADS) --model $(MODELS)/histo-cnn
+
+app: setup ## the Streamlit app on http://127.0.0.1:8501
+	$(VENV)/bin/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port 8501
+
+function-zip: setup ## build build/function-source.zip, the Cloud Functions source Terraform deploys
+	$(PY) -m functions.package --output build/function-source.zip
+
+bench: setup ## speed benchmarks (ratios against baselines measured in the same run)
+	$(PY) bench/bench_pipeline.py
+	$(PY) bench/bench_scoring.py
+	$(PY) bench/bench_function.py
+
+bench-training: setup ## real-data quality benchmark on ../shared/data/idc (about an hour)
+	$(PY) bench/bench_training.py --seeds 1 2 --baseline
 
 clean: ## remove generated buckets, reports and caches (keeps .venv)
 	rm -rf $(BUCKETS) build .pytest_cache
