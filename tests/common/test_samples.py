@@ -82,3 +82,30 @@ def test_writes_to_gcs(gcs_bucket: str) -> None:
 def test_cli_rejects_bad_count(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--output", str(tmp_path), "--count", "1"]) == 2
     assert "count" in capsys.readouterr().err
+
+
+def test_overlay_draws_heat_where_the_heatmap_is_high() -> None:
+    import io
+
+    from PIL import Image
+
+    from histo_common.overlay import overlay_caption, render_overlay
+
+    image = np.full((50, 50, 3), 200, np.uint8)
+    heat = np.zeros((12, 12), np.float32)
+    heat[:6, :6] = 1.0  # hot top-left quadrant
+    caption = overlay_caption("malignant", 0.93, 0.5)
+    png = render_overlay(image, heat, caption=caption)
+    out = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+    assert out.shape[0] > 256 and out.shape[1] > 256  # enlarged to be readable
+    # Inside the image area (below the caption): red where hot, blue-ish where cold.
+    hot = out[40:100, 20:80].reshape(-1, 3).mean(axis=0)
+    cold = out[220:270, 180:240].reshape(-1, 3).mean(axis=0)
+    assert hot[0] > hot[2] + 40
+    assert cold[2] > cold[0] + 40
+    # The caption fits: the canvas is at least as wide as the text needs.
+    from PIL import ImageDraw, ImageFont
+
+    font = ImageFont.load_default(size=13)
+    needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font)
+    assert out.shape[1] >= needed
