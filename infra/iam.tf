@@ -21,8 +21,10 @@ locals {
 
   # Keys are static so for_each works before the accounts' emails are known.
   bucket_grants = {
-    "function-reads-uploads"       = { account = "function", bucket = "uploads", role = "roles/storage.objectViewer" }
-    "function-writes-uploads"      = { account = "function", bucket = "uploads", role = "roles/storage.objectCreator" }
+    "function-reads-uploads" = { account = "function", bucket = "uploads", role = "roles/storage.objectViewer" }
+    # objectUser, not objectCreator: a re-upload's outputs replace the old ones, and
+    # overwriting an object needs delete permission.
+    "function-writes-uploads"      = { account = "function", bucket = "uploads", role = "roles/storage.objectUser" }
     "function-reads-models"        = { account = "function", bucket = "models", role = "roles/storage.objectViewer" }
     "dataflow-reads-uploads"       = { account = "dataflow", bucket = "uploads", role = "roles/storage.objectViewer" }
     "dataflow-reads-models"        = { account = "dataflow", bucket = "models", role = "roles/storage.objectViewer" }

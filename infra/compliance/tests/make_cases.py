@@ -202,7 +202,7 @@ SERVICE_ACCOUNTS = ("function", "dataflow", "training", "build")
 
 BUCKET_GRANTS = {  # for_each key: (account, bucket, role), as in iam.tf
     "function-reads-uploads": ("function", "uploads", "roles/storage.objectViewer"),
-    "function-writes-uploads": ("function", "uploads", "roles/storage.objectCreator"),
+    "function-writes-uploads": ("function", "uploads", "roles/storage.objectUser"),
     "function-reads-models": ("function", "models", "roles/storage.objectViewer"),
     "dataflow-reads-uploads": ("dataflow", "uploads", "roles/storage.objectViewer"),
     "dataflow-reads-models": ("dataflow", "models", "roles/storage.objectViewer"),
