@@ -44,6 +44,10 @@ def is_grpc_input_error(exc: BaseException) -> bool:
     """True when TensorFlow Serving answered INVALID_ARGUMENT (a bad image)."""
     import grpc
 
+    from model_export.serving_client import ServingError
+
+    if isinstance(exc, ServingError):
+        return exc.bad_input
     return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
@@ -141,13 +145,12 @@ class ServingModelHandler(_ContractHandler):
 
     def load_model(self):  # type: ignore[no-untyped-def]
         """Create the gRPC client (one per worker process, shared by its threads)."""
-        factory = self.client_factory
-        if factory is None:
-            from model_export.serving_client import ServingClient
-
-            factory = ServingClient
         logger.info("Scoring through TensorFlow Serving at %s", self.endpoint)
-        return factory(self.endpoint)
+        if self.client_factory is not None:
+            return self.client_factory(self.endpoint)
+        from model_export.serving_client import ServingClient
+
+        return ServingClient(self.endpoint, self.identity.name)
 
     def run_inference(
         self,

@@ -18,7 +18,20 @@ DEFAULT_TIMEOUT_S = 30.0
 
 
 class ServingError(RuntimeError):
-    """The TF Serving endpoint could not answer; the message names it."""
+    """The TF Serving endpoint could not answer; the message names it.
+
+    ``status`` is the gRPC status name; ``bad_input`` says the server refused the
+    request's images (INVALID_ARGUMENT), as opposed to being unavailable.
+    """
+
+    def __init__(self, message: str, status: str = "UNKNOWN") -> None:
+        super().__init__(message)
+        self.status = status
+
+    @property
+    def bad_input(self) -> bool:
+        """True when the server rejected the images themselves."""
+        return self.status == "INVALID_ARGUMENT"
 
 
 def _string_tensor(values: Sequence[bytes]):  # type: ignore[no-untyped-def]
@@ -92,7 +105,8 @@ class ServingClient:
         except grpc.RpcError as exc:
             raise ServingError(
                 f"TF Serving at {self.endpoint} failed for model {self.model_name}: "
-                f"{exc.code().name}: {exc.details()}"
+                f"{exc.code().name}: {exc.details()}",
+                status=exc.code().name,
             ) from exc
         return {key: to_ndarray(value) for key, value in response.outputs.items()}
 

@@ -22,3 +22,27 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: flo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+CHROMIUM = "/usr/bin/chromium"
+# Headless Chromium on a machine with no network but loopback: no background
+# connections, no sandbox (tests run as root), no GPU.
+CHROMIUM_ARGS = (
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--no-first-run",
+    "--disable-sync",
+)
+
+
+def launch_chromium(playwright):  # type: ignore[no-untyped-def]
+    """Debian's Chromium through Playwright, or a pytest skip saying it is absent."""
+    import os
+
+    import pytest
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} is not installed (make setup installs Debian's chromium)")
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))

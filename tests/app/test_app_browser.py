@@ -16,23 +16,14 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support import free_port, wait_for
+from support import CHROMIUM, free_port, launch_chromium, wait_for
 
 from histo_common import DISCLAIMER
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO_ROOT / "build" / "test-artifacts"
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 TIMEOUT_MS = 90_000  # the server loads TensorFlow and the model on the first upload
 
 
@@ -50,7 +41,7 @@ def app_server(tiny_model, tmp_path: Path) -> Iterator[tuple[str, Path]]:
 
     Yields its URL and the path of the server's log.
     """
-    if not CHROMIUM.exists():
+    if not Path(CHROMIUM).exists():
         pytest.skip(f"{CHROMIUM} is not installed (make setup installs Debian's chromium)")
     port = free_port()
     env = {
@@ -110,7 +101,7 @@ def test_upload_shows_prediction_and_overlay_in_chromium(
     screenshot = ARTIFACTS / "app_upload.png"
 
     with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        browser = launch_chromium(playwright)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 1100})
             page.on(

@@ -2,34 +2,21 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
+from support import launch_chromium
 
 from histo_common import DISCLAIMER
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--no-first-run",
-    "--disable-sync",
-]
 
 
 @pytest.mark.browser
 def test_report_opens_cleanly_in_chromium(evaluated_run) -> None:  # type: ignore[no-untyped-def]
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is absent: install Debian's chromium (make setup does, as root)")
     from playwright.sync_api import sync_playwright
 
     report = evaluated_run.output / "report.html"
     problems: list[str] = []
     requests: list[str] = []
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = launch_chromium(pw)
         try:
             page = browser.new_page()
             page.on(

@@ -117,7 +117,12 @@ def prediction_server(loaded_tiny_model):  # type: ignore[no-untyped-def]
                 context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_spec.name}")
             images = [bytes(b) for b in to_ndarray(request.inputs[contract.INPUT_KEY]).ravel()]
             signature = request.model_spec.signature_name or contract.PREDICT_SIGNATURE
-            outputs = loaded_tiny_model.run(signature, images)
+            import tensorflow as tf
+
+            try:
+                outputs = loaded_tiny_model.run(signature, images)
+            except tf.errors.InvalidArgumentError as exc:  # as TF Serving answers a bad image
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
             response = predict_pb2.PredictResponse()
             response.model_spec.CopyFrom(request.model_spec)
             for key, value in outputs.items():
@@ -179,3 +184,18 @@ def test_serving_config_lists_model_roots(tmp_path: Path, tiny_model) -> None:  
     assert "name: 'histo-cnn'" in text
     assert "base_path: '/models/histo-cnn'" in text
     assert "model_platform: 'tensorflow'" in text
+
+
+def test_serving_client_reports_bad_images_as_bad_input(prediction_server) -> None:  # type: ignore[no-untyped-def]
+    """A server refusing the images says INVALID_ARGUMENT, which callers isolate per image."""
+    from beam_jobs.model_handler import is_grpc_input_error
+    from model_export.serving_client import ServingClient, ServingError
+
+    client = ServingClient(prediction_server, "histo-cnn")
+    try:
+        with pytest.raises(ServingError) as err:
+            client.predict([b"not an image"])
+    finally:
+        client.close()
+    assert err.value.status == "INVALID_ARGUMENT" and err.value.bad_input
+    assert is_grpc_input_error(err.value)
