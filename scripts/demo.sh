@@ -3,9 +3,10 @@
 # stand in for the cloud buckets, the DirectRunner for Dataflow and a folder watcher
 # for Eventarc; the code is the same that runs in the cloud.
 #
-#   1. synthetic sample data   -> buckets/training-data/sample/{benign,malignant}/
+#   1. synthetic sample data   -> buckets/training-data/sample/{benign,malignant}/ (training)
+#                                 buckets/training-data/holdout/ (images it never trains on)
 #   2. training job            -> buckets/models/histo-cnn/<version>/
-#   3. Beam bulk scoring       -> buckets/results/demo-scores/
+#   3. Beam bulk scoring       -> buckets/results/demo-scores/ (the holdout images)
 #   4. Beam evaluation         -> buckets/results/demo-evaluation/report.html
 #   5. the upload function     -> buckets/uploads/demo-patch.png.{gradcam.png,prediction.json}
 set -euo pipefail
@@ -14,6 +15,7 @@ cd "$(dirname "$0")/.."
 PY=${PY:-.venv/bin/python}
 BUCKETS=${BUCKETS:-buckets}
 DATA=$BUCKETS/training-data/sample
+HOLDOUT=$BUCKETS/training-data/holdout
 MODELS=$BUCKETS/models
 SCORES=$BUCKETS/results/demo-scores
 EVALUATION=$BUCKETS/results/demo-evaluation
@@ -27,12 +29,15 @@ if [[ -d $DATA/benign && -d $DATA/malignant ]]; then
 else
 	$PY -m histo_common.samples --output "$DATA" --count 300 --seed 0
 fi
+if [[ ! -d $HOLDOUT/benign ]]; then
+	$PY -m histo_common.samples --output "$HOLDOUT" --count 120 --seed 1
+fi
 
 step "2/5 Training job (small run on the sample set; see README for real-data defaults)"
 $PY -m training --data "$DATA" --output "$MODELS" --epochs 6 --max-minutes 3 --verbose 2
 
-step "3/5 Bulk scoring with Apache Beam (DirectRunner)"
-$PY -m beam_jobs.score --input "$DATA/**.png" --model "$MODELS/histo-cnn" \
+step "3/5 Bulk scoring with Apache Beam (DirectRunner) of the held-out images"
+$PY -m beam_jobs.score --input "$HOLDOUT/**.png" --model "$MODELS/histo-cnn" \
 	--output "$SCORES" --gradcam-top 12 --overwrite
 
 step "4/5 Evaluation against the folder labels"
@@ -41,7 +46,7 @@ $PY -m beam_jobs.evaluate --scores "$SCORES" --output "$EVALUATION" --bootstrap 
 
 step "5/5 The upload function: drop one image into $UPLOADS"
 mkdir -p "$UPLOADS"
-cp "$(find "$DATA/malignant" -name '*.png' | sort | head -n 1)" "$UPLOADS/demo-patch.png"
+cp "$(find "$HOLDOUT/malignant" -name '*.png' | sort | head -n 1)" "$UPLOADS/demo-patch.png"
 $PY -m functions.watch --bucket "$UPLOADS" --model "$MODELS/histo-cnn" --once
 
 cat <<TXT
