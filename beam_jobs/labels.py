@@ -12,13 +12,12 @@ rule is ``histo_common.labels.patient_id_from_name``, the one training splits by
 
 from __future__ import annotations
 
-import csv
-import io
 import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from histo_common import labels as shared_labels
 from histo_common.labels import patient_id_from_name as patient_from_name
 
 CLASS_NAMES = ("benign", "malignant")
@@ -66,36 +65,22 @@ def label_from_path(uri: str) -> str | None:
 def parse_labels_csv(text: str, csv_uri: str) -> dict[str, TrueLabel]:
     """Parse a labels CSV into ``{normalised uri: TrueLabel}``.
 
-    Args:
-        text: the CSV content, with a header row.
-        csv_uri: where it came from; relative paths are resolved against its folder.
+    The columns and path rules are the shared ones (``histo_common.labels``); here
+    labels are mapped to benign/malignant (``0``/``1``, ``B``/``M`` accepted).
 
     Raises:
         LabelsError: for a missing column or an unknown label, naming the row.
     """
-    reader = csv.DictReader(io.StringIO(text))
-    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
-    path_col = next((columns[c] for c in ("uri", "path", "filename", "file") if c in columns), None)
-    label_col = columns.get("label")
-    patient_col = next((columns[c] for c in ("patient_id", "patient") if c in columns), None)
-    if path_col is None or label_col is None:
-        raise LabelsError(
-            f"{csv_uri} needs a 'path' (or 'uri') column and a 'label' column; "
-            f"it has {reader.fieldnames}"
-        )
-    base = csv_uri.rsplit("/", 1)[0] if "/" in csv_uri else "."
+    try:
+        rows = shared_labels.parse_labels_csv(text, csv_uri)
+    except shared_labels.LabelsError as exc:
+        raise LabelsError(str(exc)) from exc
     labels: dict[str, TrueLabel] = {}
-    for line_no, row in enumerate(reader, start=2):
-        path = (row.get(path_col) or "").strip()
-        if not path:
-            continue
-        label = normalise_label(row.get(label_col) or "")
+    for line_no, row in enumerate(rows, start=2):
+        label = normalise_label(row.label)
         if label is None:
-            raise LabelsError(f"{csv_uri} line {line_no}: unknown label {row.get(label_col)!r}")
-        is_absolute = "://" in path or path.startswith("/")
-        uri = path if is_absolute else f"{base}/{path}"
-        patient = (row.get(patient_col) or "").strip() if patient_col else ""
-        labels[normalise_uri(uri)] = TrueLabel(label, patient or patient_from_name(uri))
+            raise LabelsError(f"{csv_uri} line {line_no}: unknown label {row.label!r}")
+        labels[normalise_uri(row.uri)] = TrueLabel(label, row.patient_id)
     return labels
 
 

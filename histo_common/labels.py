@@ -52,8 +52,52 @@ def label_from_folder(uri: str) -> str:
     return storage.basename(storage.parent(uri))
 
 
+_PATH_COLUMNS = ("path", "uri", "filename", "file")
+_PATIENT_COLUMNS = ("patient_id", "patient")
+
+
+def parse_labels_csv(text: str, csv_uri: str) -> list[LabelledImage]:
+    """Parse a labels CSV: a path column (``path``, ``uri``, ``filename`` or ``file``),
+    ``label``, and optionally ``patient_id`` (or ``patient``); headers are case-blind.
+
+    Relative paths are resolved beside the CSV; a missing patient id falls back to
+    :func:`patient_id_from_name`. Labels are returned as written: training takes its
+    class names from the data, evaluation maps them to its own.
+
+    Raises:
+        LabelsError: naming the CSV (and the line) for a missing column or an empty cell.
+    """
+    reader = csv.DictReader(io.StringIO(text.lstrip("\ufeff")))
+    columns = {c.strip().lower(): c for c in reader.fieldnames or []}
+    path_col = next((columns[c] for c in _PATH_COLUMNS if c in columns), None)
+    label_col = columns.get("label")
+    patient_col = next((columns[c] for c in _PATIENT_COLUMNS if c in columns), None)
+    if path_col is None or label_col is None:
+        raise LabelsError(
+            f"labels CSV {csv_uri} needs columns 'path' (or 'uri') and 'label' "
+            f"(optional 'patient_id'); it has {reader.fieldnames}"
+        )
+    base = storage.parent(csv_uri)
+    out = []
+    for line, row in enumerate(reader, start=2):
+        path, label = (row.get(path_col) or "").strip(), (row.get(label_col) or "").strip()
+        if not path and not label:
+            continue  # a blank line
+        if not path or not label:
+            raise LabelsError(f"labels CSV {csv_uri} line {line}: empty path or label")
+        is_absolute = "://" in path or path.startswith("/")
+        full = path if is_absolute else storage.join(base, path)
+        patient = (row.get(patient_col) or "").strip() if patient_col else ""
+        out.append(
+            LabelledImage(uri=full, label=label, patient_id=patient or patient_id_from_name(path))
+        )
+    if not out:
+        raise LabelsError(f"labels CSV {csv_uri} has no rows")
+    return out
+
+
 def read_labels_csv(uri: str) -> list[LabelledImage]:
-    """Read ``path,label[,patient_id]``; relative paths are resolved beside the CSV.
+    """Read and parse a labels CSV through the storage layer (see :func:`parse_labels_csv`).
 
     Raises:
         LabelsError: naming the CSV and the problem.
@@ -62,26 +106,7 @@ def read_labels_csv(uri: str) -> list[LabelledImage]:
         text = storage.read_text(uri)
     except storage.StorageError as exc:
         raise LabelsError(f"cannot read labels CSV {uri}: {exc}") from exc
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if not rows:
-        raise LabelsError(f"labels CSV {uri} has no rows")
-    columns = set(rows[0])
-    if not {"path", "label"} <= columns:
-        raise LabelsError(
-            f"labels CSV {uri} needs columns 'path' and 'label' (optional 'patient_id'); "
-            f"it has {sorted(columns)}"
-        )
-    base = storage.parent(uri)
-    out = []
-    for line, row in enumerate(rows, start=2):
-        path, label = (row.get("path") or "").strip(), (row.get("label") or "").strip()
-        if not path or not label:
-            raise LabelsError(f"labels CSV {uri} line {line}: empty path or label")
-        is_absolute = storage.is_gcs(path) or path.startswith(("/", storage.FILE_SCHEME))
-        full = path if is_absolute else storage.join(base, path)
-        patient = (row.get("patient_id") or "").strip() or patient_id_from_name(path)
-        out.append(LabelledImage(uri=full, label=label, patient_id=patient))
-    return out
+    return parse_labels_csv(text, uri)
 
 
 def discover_labelled_images(data_uri: str) -> list[LabelledImage]:

@@ -180,7 +180,7 @@ def test_labels_csv_with_patients(tmp_path: Path) -> None:
 
 def test_labels_csv_missing_columns(tmp_path: Path) -> None:
     (tmp_path / "labels.csv").write_text("file,class\na.png,benign\n")
-    with pytest.raises(DataError, match=r"needs columns 'path' and 'label'"):
+    with pytest.raises(DataError, match=r"needs columns 'path' \(or 'uri'\) and 'label'"):
         load_examples(str(tmp_path / "labels.csv"))
 
 
