@@ -83,7 +83,27 @@ class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
         """Namespace of RunInference's own metrics."""
         return METRICS_NAMESPACE
 
-    def _results(self, batch: Sequence[CheckedImage], outcomes: Iterable) -> list[PredictionResult]:
+    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
+        """Run the signature on a batch of encoded images (each handler's own way)."""
+        raise NotImplementedError
+
+    def _is_bad_input(self, exc: BaseException) -> bool:
+        """True when ``exc`` means the images themselves were refused."""
+        raise NotImplementedError
+
+    def run_inference(
+        self,
+        batch: Sequence[CheckedImage],
+        model: Any,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Score one batch; images the model refuses get an outcome with the reason."""
+        outcomes = score_batch(
+            [image.data for image in batch],
+            lambda images: self._call(model, images),
+            self.identity,
+            self._is_bad_input,
+        )
         model_id = f"{self.identity.name}/{self.identity.version}"
         return [
             PredictionResult(im, out, model_id) for im, out in zip(batch, outcomes, strict=True)
@@ -111,20 +131,11 @@ class HistoModelHandler(_ContractHandler):
 
         return load_model(self.model_uri)
 
-    def run_inference(
-        self,
-        batch: Sequence[CheckedImage],
-        model: Any,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[PredictionResult]:
-        """Score one batch; images the model refuses get an outcome with the reason."""
-        outcomes = score_batch(
-            [image.data for image in batch],
-            lambda images: model.run(self.signature, images),
-            self.identity,
-            is_tf_input_error,
-        )
-        return self._results(batch, outcomes)
+    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
+        return model.run(self.signature, images)
+
+    def _is_bad_input(self, exc: BaseException) -> bool:
+        return is_tf_input_error(exc)
 
 
 class ServingModelHandler(_ContractHandler):
@@ -152,17 +163,8 @@ class ServingModelHandler(_ContractHandler):
 
         return ServingClient(self.endpoint, self.identity.name)
 
-    def run_inference(
-        self,
-        batch: Sequence[CheckedImage],
-        model: Any,
-        inference_args: dict[str, Any] | None = None,
-    ) -> Iterable[PredictionResult]:
-        """Send one batch to the server; images it refuses get an outcome with the reason."""
-        outcomes = score_batch(
-            [image.data for image in batch],
-            lambda images: model.predict(images, signature=self.signature),
-            self.identity,
-            is_grpc_input_error,
-        )
-        return self._results(batch, outcomes)
+    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
+        return model.predict(images, signature=self.signature)
+
+    def _is_bad_input(self, exc: BaseException) -> bool:
+        return is_grpc_input_error(exc)
