@@ -2,15 +2,7 @@
 
 output "bucket_names" {
   description = "Bucket names by role."
-  value = {
-    uploads         = google_storage_bucket.uploads.name
-    models          = google_storage_bucket.models.name
-    results         = google_storage_bucket.results.name
-    dataflow_temp   = google_storage_bucket.dataflow_temp.name
-    training_data   = google_storage_bucket.training_data.name
-    function_source = google_storage_bucket.function_source.name
-    access_logs     = google_storage_bucket.access_logs.name
-  }
+  value       = merge(local.buckets, { access_logs = google_storage_bucket.access_logs.name })
 }
 
 output "uploads_bucket" {
