@@ -6,12 +6,14 @@ can call the logic directly. Readers are tolerant: the other units write these
 files, and a missing optional file (``summary.json``, a plot, ``history.csv``)
 is reported as absent rather than failing the page.
 
-Shapes read:
+Every file name comes from :class:`histo_common.layout.RunLayout`:
 
-- scoring run ``<run>/results/*.jsonl`` (``RESULT_COLUMNS``), ``<run>/errors/*.jsonl``
-  (``ERROR_COLUMNS``), optional ``<run>/gradcam/**.png`` and ``<run>/summary.json``;
-- evaluation run ``<run>/metrics.json`` (metrics with confidence intervals and
-  relative plot paths) and ``<run>/report.html``;
+- scoring run: the JSON Lines result and error shards only (a run may also hold
+  the same rows as CSV and Parquet; reading those too would count every image
+  twice), the typed ``summary.json`` and the overlays it locates
+  (``gradcam/<path under Summary.base>.gradcam.png``; never guessed from names);
+- evaluation run: the typed ``metrics.json`` (metrics with confidence intervals
+  and relative plot paths) and ``report.html``;
 - training history ``<run_uri>/history.csv`` (Keras ``CSVLogger``).
 """
 
@@ -27,22 +29,15 @@ from typing import Any
 
 import pandas as pd
 
-from histo_common import storage
+from histo_common import layout, storage
 from histo_common.images import has_image_suffix
+from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
 from histo_common.results import ERROR_COLUMNS, RESULT_COLUMNS
 from model_export.contract import ModelMetadata
 
 logger = logging.getLogger(__name__)
 
-RESULTS_DIR = "results"
-ERRORS_DIR = "errors"
-GRADCAM_DIR = "gradcam"
-SUMMARY_FILE = "summary.json"
-METRICS_FILE = "metrics.json"
-REPORT_FILE = "report.html"
 HISTORY_FILE = "history.csv"
-GRADCAM_SUFFIX = ".gradcam.png"
-ROW_SUFFIXES = (".jsonl", ".json", ".csv")
 
 
 class DataError(ValueError):
@@ -57,7 +52,7 @@ def list_images(folder_uri: str) -> list[str]:
     return [
         uri
         for uri in storage.list_uris(folder_uri)
-        if has_image_suffix(uri) and not uri.endswith(GRADCAM_SUFFIX)
+        if has_image_suffix(uri) and not layout.is_output(uri)
     ]
 
 
@@ -88,18 +83,31 @@ class ScoringRun:
     uri: str
     results: pd.DataFrame
     errors: pd.DataFrame
-    summary: dict[str, Any] | None
+    summary: Summary | None
     gradcam_uris: tuple[str, ...] = ()
     skipped_lines: int = 0  # lines in the row files that were not JSON objects
+    summary_problem: str | None = None  # why summary.json could not be read, if it could not
+
+    def saved_gradcam(self, image_uri: str) -> str | None:
+        """The overlay the run saved for ``image_uri``, located by the layout, if it exists.
+
+        Without a readable summary (which records the base folder) there is no
+        overlay to find: names are never guessed.
+        """
+        if self.summary is None:
+            return None
+        uri = RunLayout(self.uri).gradcam(image_uri, self.summary.base)
+        return uri if uri in self.gradcam_uris else None
 
 
 def _run_folder(relative: str) -> str | None:
     """The run folder (relative) that a file path belongs to, or None if it marks no run."""
     parts = relative.split("/")
     name = parts[-1]
-    if len(parts) >= 2 and parts[-2] in (RESULTS_DIR, ERRORS_DIR) and name.endswith(ROW_SUFFIXES):
+    rows = (RunLayout.RESULTS, RunLayout.ERRORS)
+    if len(parts) >= 2 and parts[-2] in rows and name.endswith(RunLayout.ROWS_SUFFIX):
         return "/".join(parts[:-2])
-    if name in (SUMMARY_FILE, METRICS_FILE):
+    if name in (RunLayout.SUMMARY, RunLayout.METRICS):
         return "/".join(parts[:-1])
     return None
 
@@ -123,7 +131,7 @@ def list_runs(root: str) -> dict[str, list[str]]:
         if folder is None:
             continue
         run = f"{base}/{folder}" if folder else base
-        if storage.basename(relative) == METRICS_FILE:
+        if storage.basename(relative) == RunLayout.METRICS:
             evaluation.add(run)
         else:
             scoring.add(run)
@@ -154,7 +162,7 @@ def parse_rows(text: str, *, source: str) -> tuple[list[dict[str, Any]], int]:
 
 
 def load_rows(uris: Sequence[str], columns: Sequence[str]) -> tuple[pd.DataFrame, int]:
-    """Read JSONL (or CSV) row files into one DataFrame with at least ``columns``.
+    """Read JSON Lines row files into one DataFrame with at least ``columns``.
 
     Returns:
         The rows (known columns first, extra columns kept) and the skipped line count.
@@ -162,11 +170,7 @@ def load_rows(uris: Sequence[str], columns: Sequence[str]) -> tuple[pd.DataFrame
     frames: list[pd.DataFrame] = []
     skipped = 0
     for uri in uris:
-        text = storage.read_text(uri)
-        if uri.endswith(".csv"):
-            frames.append(pd.read_csv(io.StringIO(text)) if text.strip() else pd.DataFrame())
-            continue
-        rows, bad = parse_rows(text, source=uri)
+        rows, bad = parse_rows(storage.read_text(uri), source=uri)
         skipped += bad
         frames.append(pd.DataFrame(rows))
     frame = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
@@ -177,69 +181,55 @@ def load_rows(uris: Sequence[str], columns: Sequence[str]) -> tuple[pd.DataFrame
     return frame[[*columns, *extra]], skipped
 
 
-def _row_files(run_uri: str, folder: str) -> list[str]:
-    return [
-        uri
-        for uri in storage.list_uris(storage.join(run_uri, folder))
-        if uri.endswith(ROW_SUFFIXES)
-    ]
-
-
-def read_json(uri: str) -> dict[str, Any]:
-    """Read a JSON object from ``uri``.
-
-    Raises:
-        DataError: when the file is not valid JSON or not an object.
-        histo_common.storage.ObjectNotFound: when it is missing.
-    """
-    text = storage.read_text(uri)
-    try:
-        value = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{uri} is not valid JSON: {exc}") from exc
-    if not isinstance(value, dict):
-        raise DataError(f"{uri} must hold a JSON object, not {type(value).__name__}")
-    return value
-
-
-def read_optional_json(uri: str) -> dict[str, Any] | None:
-    """Like :func:`read_json`, or None when the file does not exist."""
-    try:
-        return read_json(uri)
-    except storage.ObjectNotFound:
-        return None
-
-
 def load_scoring_run(run_uri: str) -> ScoringRun:
     """Read a scoring run's result rows, error rows, summary and Grad-CAM file list.
 
     Raises:
         DataError: when the folder holds none of a scoring run's files.
     """
-    run = run_uri.rstrip("/")
-    result_files = _row_files(run, RESULTS_DIR)
-    error_files = _row_files(run, ERRORS_DIR)
-    summary = read_optional_json(storage.join(run, SUMMARY_FILE))
-    if not result_files and not error_files and summary is None:
+    files = RunLayout(run_uri)
+    result_files = storage.list_uris(files.results_pattern)
+    error_files = storage.list_uris(files.errors_pattern)
+    summary, problem = None, None
+    try:
+        summary = read_summary(files)
+    except (DataError, DocumentError) as exc:
+        problem = str(exc)
+        logger.warning("%s", problem)
+    if not result_files and not error_files and summary is None and problem is None:
         raise DataError(
-            f"{run} is not a scoring run: it has no {RESULTS_DIR}/*.jsonl, "
-            f"{ERRORS_DIR}/*.jsonl or {SUMMARY_FILE}"
+            f"{files.output} is not a scoring run: it has no {files.results_pattern}, "
+            f"{files.errors_pattern} or {files.summary}"
         )
     results, bad_results = load_rows(result_files, RESULT_COLUMNS)
     errors, bad_errors = load_rows(error_files, ERROR_COLUMNS)
     if "probability" in results:
         results["probability"] = pd.to_numeric(results["probability"], errors="coerce")
     gradcams = tuple(
-        uri for uri in storage.list_uris(storage.join(run, GRADCAM_DIR)) if uri.endswith(".png")
+        uri for uri in storage.list_uris(files.gradcam_dir) if uri.endswith(layout.GRADCAM_SUFFIX)
     )
     return ScoringRun(
-        uri=run,
+        uri=files.output,
         results=results,
         errors=errors,
         summary=summary,
         gradcam_uris=gradcams,
         skipped_lines=bad_results + bad_errors,
+        summary_problem=problem,
     )
+
+
+def read_summary(run: RunLayout) -> Summary | None:
+    """The run's typed ``summary.json``, or None when it has none.
+
+    Raises:
+        DocumentError: when it is not a summary this version reads.
+    """
+    try:
+        text = storage.read_text(run.summary)
+    except storage.ObjectNotFound:
+        return None
+    return Summary.from_json(text, source=run.summary)
 
 
 @dataclass(frozen=True)
@@ -278,32 +268,6 @@ def filter_results(results: pd.DataFrame, wanted: ResultFilter) -> pd.DataFrame:
     return out.reset_index(drop=True)
 
 
-def find_saved_gradcam(image_uri: str, gradcam_uris: Sequence[str]) -> str | None:
-    """The saved overlay for ``image_uri`` among a run's Grad-CAM files, if any.
-
-    Accepts ``<name>.gradcam.png`` or ``<stem>.gradcam.png`` and, when several
-    images share a file name, prefers the one whose folders match the image's.
-    """
-    name = storage.basename(image_uri)
-    stem = name.rsplit(".", 1)[0]
-    wanted = {name + GRADCAM_SUFFIX, stem + GRADCAM_SUFFIX}
-    candidates = [uri for uri in gradcam_uris if storage.basename(uri) in wanted]
-    if not candidates:
-        return None
-    image_parts = image_uri.rstrip("/").split("/")[:-1]
-
-    def shared_folders(uri: str) -> int:
-        parts = uri.rstrip("/").split("/")[:-1]
-        count = 0
-        while count < min(len(parts), len(image_parts)) and (
-            parts[-1 - count] == image_parts[-1 - count]
-        ):
-            count += 1
-        return count
-
-    return max(candidates, key=shared_folders)
-
-
 # -------------------------------------------------------------- evaluation runs
 
 
@@ -312,41 +276,34 @@ class EvaluationReport:
     """An evaluation run's ``metrics.json`` with its plot and report locations."""
 
     uri: str
-    metrics: dict[str, Any]
+    metrics: MetricsDocument
     plots: dict[str, str] = field(default_factory=dict)  # name -> absolute URI
     report_uri: str | None = None
 
 
-def resolve_relative(run_uri: str, path: str) -> str:
-    """A path from ``metrics.json``: absolute URIs as they are, relative ones under the run."""
-    if storage.is_gcs(path) or path.startswith(("/", storage.FILE_SCHEME)):
-        return path
-    return storage.join(run_uri, path)
-
-
 def load_evaluation(run_uri: str) -> EvaluationReport:
-    """Read ``<run>/metrics.json`` and locate its plots and ``report.html``.
+    """Read the run's typed ``metrics.json`` and locate its plots and ``report.html``.
 
     Raises:
-        DataError: when ``metrics.json`` is missing or malformed.
+        DataError: when ``metrics.json`` is missing, malformed or of a newer schema.
     """
-    run = run_uri.rstrip("/")
-    metrics_uri = storage.join(run, METRICS_FILE)
-    metrics = read_optional_json(metrics_uri)
-    if metrics is None:
-        raise DataError(f"{run} is not an evaluation run: {metrics_uri} does not exist")
-    plots_field = metrics.get("plots") or {}
-    plots = {
-        str(name): resolve_relative(run, str(path))
-        for name, path in (plots_field.items() if isinstance(plots_field, dict) else [])
-        if path
-    }
-    report_uri = storage.join(run, REPORT_FILE)
+    run = RunLayout(run_uri)
+    try:
+        text = storage.read_text(run.metrics)
+    except storage.ObjectNotFound:
+        raise DataError(
+            f"{run.output} is not an evaluation run: {run.metrics} does not exist"
+        ) from None
+    try:
+        metrics = MetricsDocument.from_json(text, source=run.metrics)
+    except DocumentError as exc:
+        raise DataError(str(exc)) from exc
+    plots = {name: run.resolve(path) for name, path in metrics.plots.items() if path}
     return EvaluationReport(
-        uri=run,
+        uri=run.output,
         metrics=metrics,
         plots=plots,
-        report_uri=report_uri if storage.exists(report_uri) else None,
+        report_uri=run.report if storage.exists(run.report) else None,
     )
 
 

@@ -15,6 +15,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from dataclasses import asdict
 from typing import Any
 
 import pandas as pd
@@ -276,7 +277,7 @@ def _show_run_image(run: data.ScoringRun, row: pd.Series, config: AppConfig) -> 
     except storage.StorageError as exc:
         st.warning(f"The image cannot be read: {exc}")
         return
-    saved = data.find_saved_gradcam(uri, run.gradcam_uris)
+    saved = run.saved_gradcam(uri)
     if saved:
         left, right = st.columns(2)
         try:
@@ -320,9 +321,16 @@ def page_scoring_runs(config: AppConfig) -> None:
         column.metric(str(label), int((results["label"] == label).sum()))
     if run.skipped_lines:
         st.warning(f"{run.skipped_lines} line(s) in the row files were not JSON and were skipped.")
+    if run.summary_problem:
+        st.warning(f"The run's summary cannot be read: {run.summary_problem}")
     if run.summary is not None:
+        if run.summary.scored != len(results) or run.summary.failed != len(run.errors):
+            st.warning(
+                f"summary.json says {run.summary.scored} scored and {run.summary.failed} "
+                f"failed, but the rows say {len(results)} and {len(run.errors)}."
+            )
         with st.expander("Run summary (summary.json)"):
-            st.json(run.summary)
+            st.json(run.summary.to_dict())
 
     st.subheader("Results")
     table = data.filter_results(results, _result_filter(results, run.uri))
@@ -397,28 +405,26 @@ def page_evaluation(config: AppConfig) -> None:
     run_uri = st.selectbox("Evaluation run", runs, index=len(runs) - 1, key="evaluation_run")
     report = _load_evaluation(run_uri)
     metrics = report.metrics
-    model = metrics.get("model") or {}
-    if model:
-        st.caption(
-            f"Model **{model.get('name')}** version **{model.get('version')}**, "
-            f"threshold {model.get('threshold')}, from `{model.get('uri')}`"
-        )
-    counts = metrics.get("counts") or {}
-    if counts:
-        st.dataframe(
-            pd.DataFrame(
-                {
-                    "count": [
-                        json.dumps(v) if isinstance(v, dict | list) else v for v in counts.values()
-                    ]
-                },
-                index=pd.Index(list(counts), name="what"),
-            ).astype(str),
-            key="counts_table",
-        )
+    model = metrics.model
+    st.caption(
+        f"Model **{model.name}** version **{model.version}**, threshold {model.threshold}, "
+        f"from `{model.version_uri or 'an unknown location'}`"
+    )
+    if metrics.blessing is not None:
+        verdict = metrics.blessing.verdict
+        reasons = "; ".join(metrics.blessing.reasons) or "every limit met"
+        (st.success if metrics.blessing.blessed else st.error)(f"Gate: {verdict} ({reasons})")
+    counts = asdict(metrics.counts)
+    st.dataframe(
+        pd.DataFrame(
+            {"count": [json.dumps(v) if isinstance(v, dict) else v for v in counts.values()]},
+            index=pd.Index(list(counts), name="what"),
+        ).astype(str),
+        key="counts_table",
+    )
     st.subheader("Image level")
-    _show_metric_section(metrics.get("image_level") or {})
-    patient = metrics.get("patient_level")
+    _show_metric_section(metrics.image_level)
+    patient = metrics.patient_level
     st.subheader("Patient level")
     if patient:
         _show_metric_section(patient)

@@ -3,11 +3,15 @@
 ``python -m beam_jobs.evaluate --input 'data/**.png' --model models/histo-cnn
 --output results/eval1`` scores the images (the scoring job's stages, so its
 ``results/``, ``errors/`` and ``summary.json`` are written too), or
-``--scores results/run1`` reads an existing scoring output. Labels come from the
-``benign/``/``malignant/`` folders or ``--labels labels.csv`` (with optional
-patient ids). Writes ``metrics.json``, ``plots/*.png`` and a self-contained
-``report.html``; with ``--min-auc`` and friends it also writes ``BLESSED`` or
-``NOT_BLESSED`` into the model version folder.
+``--scores results/run1`` reads an existing scoring output's JSON Lines rows.
+Labels come from the ``benign/``/``malignant/`` folders or ``--labels
+labels.csv`` (with optional patient ids), read once at launch. This module only
+wires Beam: rows -> labelled scores -> the most confident errors explained
+(``ExplainErrors``) -> one step that hands everything to
+:func:`evaluation.outputs.write_evaluation`, which computes the metrics, decides
+the gate and writes ``metrics.json``, ``plots/``, ``report.html`` and, with
+``--min-auc`` and friends, ``BLESSED`` or ``NOT_BLESSED`` in the model version
+folder (names from :mod:`histo_common.layout`).
 """
 
 from __future__ import annotations
@@ -17,19 +21,33 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
-from beam_jobs import evaluation, files, gate, score, summary
-from beam_jobs.config import ConfigError, EvaluateConfig, GateConfig, ScoreConfig
-from beam_jobs.labels import LabelsError, read_labels_csv, require_some_label
+from beam_jobs import files, score, summary
+from beam_jobs.config import ConfigError, EvaluateConfig, EvaluationSettings, GateConfig
+from beam_jobs.labels import (
+    CLASS_NAMES,
+    LabelsError,
+    TrueLabel,
+    read_labels_csv,
+    require_some_label,
+    true_label,
+)
+from beam_jobs.stages import ModelIdentity
+from beam_jobs.transforms import ExplainErrors
+from evaluation import gate, outputs
+from evaluation.outputs import EvaluationError, LabelledScore, RunFacts
+from histo_common import storage
+from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
 from histo_common.results import ResultRow
-from model_export.loader import ModelLoadError, resolve_version
+from model_export import contract
+from model_export.loader import ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -64,52 +82,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _gate_limits(values: dict[str, Any], kind: str, flags: dict[str, str]) -> dict[str, float]:
+    """The ``--<kind>-<flag>`` values given, by metric (argparse's dest: ``-`` -> ``_``)."""
+    limits = {}
+    for flag, metric in flags.items():
+        value = values[f"{kind}_{flag}".replace("-", "_")]
+        if value is not None:
+            limits[metric] = value
+    return limits
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[EvaluateConfig, list[str]]:
     """Split ``argv`` into the job's config and Beam's pipeline arguments."""
     args, pipeline_args = build_parser().parse_known_args(argv)
     values = vars(args)
-    minimums = {
-        metric: values[f"min_{flag.replace('-', '_')}"]
-        for flag, metric in gate.MIN_FLAGS.items()
-        if values[f"min_{flag.replace('-', '_')}"] is not None
-    }
-    maximums = {
-        metric: values[f"max_{flag}"]
-        for flag, metric in gate.MAX_FLAGS.items()
-        if values[f"max_{flag}"] is not None
-    }
+    gate_config = GateConfig(
+        minimums=_gate_limits(values, "min", gate.MIN_FLAGS),
+        maximums=_gate_limits(values, "max", gate.MAX_FLAGS),
+    )
+    try:
+        settings = EvaluationSettings(
+            bootstrap=args.bootstrap,
+            seed=args.seed,
+            gallery_size=args.gallery_size,
+            gate=gate_config,
+        )
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from exc
     config = EvaluateConfig(
         output=args.output,
+        options=score.options_from_args(args),
+        evaluation=settings,
         inputs=tuple(args.input or ()),
         scores=args.scores,
-        model=args.model,
-        model_endpoint=args.model_endpoint,
         labels=args.labels,
-        gate=GateConfig(minimums=minimums, maximums=maximums),
-        bootstrap=args.bootstrap,
-        seed=args.seed,
-        gallery_size=args.gallery_size,
         strict_gate=args.strict_gate,
-        max_pixels=args.max_pixels,
-        max_bytes=args.max_bytes,
-        min_batch_size=args.min_batch_size,
-        max_batch_size=args.max_batch_size,
-        large_model=args.large_model,
-        overwrite=args.overwrite,
     )
     return config, pipeline_args
-
-
-def _model_uri(config: EvaluateConfig, scoring_summary: dict | None) -> str | None:
-    """The model version to explain errors with and to bless: --model, else the scoring
-    run's (from its summary.json); None when only a serving endpoint is known."""
-    if config.model:
-        return resolve_version(config.model)[0]
-    if scoring_summary and not config.model_endpoint:
-        uri = (scoring_summary.get("model") or {}).get("uri")
-        # A scoring run through TF Serving records its endpoint, not a model folder.
-        return uri if uri and "/" in uri else None
-    return None
 
 
 @dataclass(frozen=True)
@@ -118,77 +127,170 @@ class ScoreSource:
 
     rows: beam.PCollection  # result rows as dicts
     errors: beam.PCollection  # error rows (only counted)
-    matched: int | None  # files matched by the scoring run, when known
-    model_uri: str | None  # the model version, for Grad-CAM and the gate
-    source: dict[str, Any]  # recorded in metrics.json
+    explainer: ModelIdentity | None  # the model that explains the gallery, if any
+    facts: RunFacts  # what the evaluation records about the scored set
     plan: score.ScoringPlan | None = None  # set when this job scores
 
 
 def add_scoring_source(
-    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict | None
+    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, TrueLabel] | None
 ) -> ScoreSource:
     """Score ``--input`` with the scoring job's stages (writing its outputs too)."""
-    score_config = ScoreConfig(
-        inputs=config.inputs,
-        output=config.output,
-        model=config.model,
-        model_endpoint=config.model_endpoint,
-        formats=("jsonl",),
-        max_pixels=config.max_pixels,
-        max_bytes=config.max_bytes,
-        min_batch_size=config.min_batch_size,
-        max_batch_size=config.max_batch_size,
-        large_model=config.large_model,
-    )
-    plan = score.plan_scoring(config.inputs, config.model, config.model_endpoint)
+    scoring = config.scoring()
+    plan = score.plan_scoring(scoring.inputs, scoring.options.model, scoring.options.model_endpoint)
     require_some_label((m.uri for m in plan.matched), labels, "--input")
-    score.prepare_output(config.output, config.overwrite)
-    plan = score.write_plan(plan, config.output)
-    scored = score.add_scoring(pipeline, score_config, plan)
+    score.prepare_output(scoring.output, scoring.options.overwrite)
+    plan = score.write_plan(plan, scoring.output)
+    scored = score.add_scoring(pipeline, scoring, plan)
     return ScoreSource(
         rows=scored["results"] | "RowsToDicts" >> beam.Map(ResultRow.to_dict),
         errors=scored["errors"],
-        matched=len(plan.matched),
-        model_uri=_model_uri(config, None) if config.model_endpoint else plan.identity.uri,
-        source={"inputs": list(config.inputs), "labels": config.labels},
+        explainer=plan.identity,
+        facts=RunFacts(
+            model_version_uri=plan.identity.uri if config.options.model else None,
+            errors=0,
+            unlabelled=0,
+            matched=len(plan.matched),
+            source={"inputs": list(config.inputs), "labels": config.labels},
+            class_names=CLASS_NAMES,
+        ),
         plan=plan,
     )
 
 
+def _model_for_scores(
+    config: EvaluateConfig, scoring: Summary | None
+) -> tuple[ModelIdentity | None, str | None]:
+    """The model that explains the gallery and the version the gate blesses, for ``--scores``:
+    ``--model``/``--model-endpoint`` when given, else the scoring run's model version."""
+    options = config.options
+    if options.has_model:
+        identity = score.resolve_identity(options.model, options.model_endpoint)
+        return identity, identity.uri if options.model else None
+    if scoring is not None and scoring.model.version_uri:
+        model = scoring.model
+        return ModelIdentity(model.name, model.version, model.version_uri), model.version_uri
+    return None, None
+
+
 def add_existing_scores(
-    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict | None
+    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, TrueLabel] | None
 ) -> ScoreSource:
-    """Read the result and error rows of an earlier scoring output (``--scores``)."""
-    results = summary.results_pattern(config.scores)
-    if not files.list_files(results):
-        raise files.InputError(f"no results/*.jsonl under --scores {config.scores}")
-    require_some_label(
-        (row["uri"] for row in files.read_json_lines(results)), labels, config.scores
-    )
+    """Read the JSON Lines result and error rows of an earlier scoring output (``--scores``).
+
+    The rows are read once, by the pipeline; at launch only the listing, the
+    summary and the manifest (to say early when nothing has a label) are read.
+    """
+    scored_run = RunLayout(config.scores or "")
+    if not files.list_files(scored_run.results_pattern):
+        raise files.InputError(f"no {scored_run.results_pattern} under --scores {config.scores}")
+    try:
+        scoring = summary.read_summary(scored_run.output)
+    except DocumentError as exc:
+        raise files.InputError(str(exc)) from exc
+    if files.exists(scored_run.manifest):
+        matched = (row["uri"] for row in files.read_json_lines(scored_run.manifest))
+        require_some_label(matched, labels, config.scores or "")
     rows = (
         pipeline
-        | "ReadScores" >> beam.io.ReadFromText(results)
+        | "ReadScores" >> beam.io.ReadFromText(scored_run.results_pattern)
         | "ParseScores" >> beam.Map(json.loads)
     )
-    errors_glob = summary.errors_pattern(config.scores)
-    if files.list_files(errors_glob):
-        errors = pipeline | "ReadErrors" >> beam.io.ReadFromText(errors_glob)
+    if files.list_files(scored_run.errors_pattern):
+        errors = pipeline | "ReadErrors" >> beam.io.ReadFromText(scored_run.errors_pattern)
     else:
         errors = pipeline | "NoErrors" >> beam.Create([])
-    scoring_summary = summary.read_summary(config.scores)
+    explainer, version_uri = _model_for_scores(config, scoring)
     return ScoreSource(
         rows=rows,
         errors=errors,
-        matched=(scoring_summary or {}).get("matched"),
-        model_uri=_model_uri(config, scoring_summary),
-        source={"scores": config.scores, "labels": config.labels},
+        explainer=explainer,
+        facts=RunFacts(
+            model_version_uri=version_uri,
+            errors=0,
+            unlabelled=0,
+            matched=scoring.matched if scoring else None,
+            source={"scores": config.scores, "labels": config.labels},
+            class_names=CLASS_NAMES,
+        ),
+    )
+
+
+UNLABELLED = "unlabelled"
+
+
+def label_row(
+    row: dict[str, Any], labels: dict[str, TrueLabel] | None
+) -> Iterator[LabelledScore | beam.pvalue.TaggedOutput]:
+    """A result row with its true label, or its URI on the ``unlabelled`` output."""
+    truth = true_label(row["uri"], labels)
+    if truth is None:
+        yield beam.pvalue.TaggedOutput(UNLABELLED, row["uri"])
+    else:
+        yield LabelledScore.from_row(row, CLASS_NAMES.index(truth.label), truth.patient_id)
+
+
+def evaluate_all(
+    scores: list[LabelledScore],
+    gallery: list[Any],
+    *,
+    errors: int,
+    unlabelled: int,
+    facts: RunFacts,
+    settings: EvaluationSettings,
+    output: str,
+) -> MetricsDocument:
+    """The one evaluation step: the counts from the side inputs, then every output."""
+    facts = replace(facts, errors=errors, unlabelled=unlabelled)
+    gallery = sorted(gallery, key=lambda g: abs(g.probability - g.threshold), reverse=True)
+    return outputs.write_evaluation(scores, gallery, facts, settings, output)
+
+
+def add_evaluation(
+    pipeline: beam.Pipeline,
+    source: ScoreSource,
+    config: EvaluateConfig,
+    labels: dict[str, TrueLabel] | None,
+) -> None:
+    """Label the rows, explain the most confident errors and write the evaluation."""
+    labels_view = beam.pvalue.AsSingleton(pipeline | "Labels" >> beam.Create([labels]))
+    labelled = source.rows | "Label" >> beam.FlatMap(label_row, labels_view).with_outputs(
+        UNLABELLED, main="scores"
+    )
+    explain = None
+    if source.explainer is not None:
+        explain = score.options_handler(
+            source.explainer, config.options, contract.EXPLAIN_SIGNATURE
+        )
+    gallery = labelled.scores | "ExplainErrors" >> ExplainErrors(
+        config.evaluation.gallery_size,
+        explain,
+        CLASS_NAMES,
+        config.options.max_pixels,
+        config.options.max_bytes,
+    )
+    error_count = source.errors | "CountErrors" >> beam.combiners.Count.Globally()
+    unlabelled_count = labelled[UNLABELLED] | "CountUnlabelled" >> beam.combiners.Count.Globally()
+    _ = (
+        labelled.scores
+        | "CollectScores" >> beam.combiners.ToList()
+        | "WriteEvaluation"
+        >> beam.Map(
+            evaluate_all,
+            gallery=beam.pvalue.AsList(gallery),
+            errors=beam.pvalue.AsSingleton(error_count),
+            unlabelled=beam.pvalue.AsSingleton(unlabelled_count),
+            facts=source.facts,
+            settings=config.evaluation,
+            output=config.output,
+        )
     )
 
 
 def run(
     argv: Sequence[str] | None = None, test_pipeline: beam.Pipeline | None = None
 ) -> PipelineResult:
-    """Build and run the evaluation pipeline; apply the gate.
+    """Build and run the evaluation pipeline.
 
     Returns:
         The finished pipeline's result.
@@ -196,87 +298,42 @@ def run(
     Raises:
         ConfigError, files.InputError, ModelLoadError, LabelsError: for bad flags or inputs.
         summary.IncompleteOutputError: when scoring lost an input.
+        NotBlessedError: with ``--strict-gate``, when the model was not blessed.
     """
     config, pipeline_args = parse_args(argv)
     started = time.monotonic()
     labels = read_labels_csv(config.labels) if config.labels else None
     pipeline = test_pipeline or beam.Pipeline(options=score.pipeline_options(pipeline_args))
     if config.inputs:
-        scores = add_scoring_source(pipeline, config, labels)
+        source = add_scoring_source(pipeline, config, labels)
     else:
-        scores = add_existing_scores(pipeline, config, labels)
-
-    settings = evaluation.EvaluationSettings(
-        output=config.output,
-        model_uri=scores.model_uri,
-        labels_csv=config.labels,
-        matched=scores.matched,
-        bootstrap=config.bootstrap,
-        seed=config.seed,
-        gallery_size=config.gallery_size,
-        gate=config.gate,
-        max_pixels=config.max_pixels,
-        max_bytes=config.max_bytes,
-        source=scores.source,
-    )
-    error_count = scores.errors | "CountErrors" >> beam.combiners.Count.Globally()
-    _ = (
-        scores.rows
-        | "CollectScores" >> beam.combiners.ToList()
-        | "WriteEvaluation"
-        >> beam.Map(
-            evaluation.write_evaluation,
-            n_errors=beam.pvalue.AsSingleton(error_count),
-            settings=settings,
-        )
-    )
+        source = add_existing_scores(pipeline, config, labels)
+    add_evaluation(pipeline, source, config, labels)
     result = pipeline.run()
     runner = pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
-    if scores.plan is not None:
+    if source.plan is not None:
         score.finish(
-            result,
-            output=config.output,
-            inputs=config.inputs,
-            plan=scores.plan,
-            started=started,
-            runner=runner,
+            result, config=config.scoring(), plan=source.plan, started=started, runner=runner
         )
     else:
         result.wait_until_finish()
-    apply_gate(config, scores.model_uri)
+    report_outcome(config)
     return result
 
 
-def apply_gate(config: EvaluateConfig, model_uri: str | None) -> dict | None:
-    """Write BLESSED/NOT_BLESSED beside the model from the written ``metrics.json``.
+def report_outcome(config: EvaluateConfig) -> MetricsDocument:
+    """Log what the evaluation wrote; with ``--strict-gate``, fail on NOT_BLESSED.
 
-    Returns:
-        The blessing section, or None without a gate.
+    Raises:
+        NotBlessedError: when the gate refused the model and ``--strict-gate`` was given.
     """
-    uri = files.join(config.output, evaluation.METRICS_FILE)
-    document = json.loads(files.read_file(uri))
-    image = document["image_level"]
-    logger.info(
-        "Evaluation: AUC %s, sensitivity %s, specificity %s on %d labelled images; report at %s",
-        image["roc_auc"]["value"],
-        image["sensitivity"]["value"],
-        image["specificity"]["value"],
-        document["counts"]["labelled"],
-        files.join(config.output, evaluation.REPORT_FILE),
-    )
-    blessing = document.get("blessing")
-    if blessing is None:
-        return None
-    if model_uri:
-        text = gate.blessing_text(blessing, document["model"], config.output)
-        gate.write_blessing(model_uri, blessing["blessed"], text)
-    else:
-        logger.warning("No model URI known: the gate's verdict is only in %s", uri)
-    verdict = gate.BLESSED if blessing["blessed"] else gate.NOT_BLESSED
-    logger.info("Gate: %s %s", verdict, "; ".join(blessing["reasons"]))
-    if config.strict_gate and not blessing["blessed"]:
-        raise NotBlessedError(f"{verdict}: {'; '.join(blessing['reasons'])}")
-    return blessing
+    uri = RunLayout(config.output).metrics
+    document = MetricsDocument.from_json(storage.read_text(uri), source=uri)
+    logger.info(outputs.describe(document, config.output))
+    blessing = document.blessing
+    if config.strict_gate and blessing is not None and not blessing.blessed:
+        raise NotBlessedError(f"{blessing.verdict}: {'; '.join(blessing.reasons)}")
+    return document
 
 
 class NotBlessedError(RuntimeError):
@@ -288,7 +345,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     score.configure_logging()
     try:
         run(argv)
-    except (ConfigError, files.InputError, ModelLoadError, LabelsError) as exc:
+    except (ConfigError, files.InputError, ModelLoadError, LabelsError, EvaluationError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2
     except summary.IncompleteOutputError as exc:

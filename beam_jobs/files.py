@@ -1,7 +1,7 @@
 """Paths for the Beam jobs, through Beam's ``FileSystems`` (``gs://`` and local alike).
 
 Matching the inputs, reading one file, writing one object, reading back the
-sharded outputs and naming Grad-CAM overlays after their inputs. The jobs call
+sharded outputs (file names come from :mod:`histo_common.layout`). The jobs call
 these at pipeline construction time (matching), inside stages (reading and
 writing) and after the run (the completeness check).
 """
@@ -17,10 +17,13 @@ from dataclasses import dataclass
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
+from histo_common.layout import RunLayout, join
+
+__all__ = ["join"]  # re-exported: the one URI join, from the run layout
+
 logger = logging.getLogger(__name__)
 
 FILE_SCHEME = "file://"
-MANIFEST_FILE = "manifest.jsonl"
 
 
 @dataclass(frozen=True)
@@ -93,7 +96,7 @@ def write_manifest(output: str, matched: Iterable[MatchedFile]) -> str:
     The pipeline reads its inputs from this file rather than from a list
     embedded in the job graph, which Dataflow caps at about 10 MB.
     """
-    uri = join(output, MANIFEST_FILE)
+    uri = RunLayout(output).manifest
     write_text(uri, "".join(manifest_line(m) + "\n" for m in matched), "application/x-ndjson")
     return uri
 
@@ -123,14 +126,6 @@ def write_text(uri: str, text: str, mime_type: str = "text/plain") -> None:
 def exists(uri: str) -> bool:
     """Return True when the file or object exists."""
     return FileSystems.exists(_beam_path(uri))
-
-
-def join(base: str, *names: str) -> str:
-    """Join names onto a folder URI with ``/`` (what both ``gs://`` and POSIX use)."""
-    out = base.rstrip("/")
-    for name in names:
-        out = f"{out}/{name.strip('/')}"
-    return out
 
 
 def list_files(pattern: str) -> list[str]:

@@ -27,14 +27,15 @@ from apache_beam.options.pipeline_options import PipelineOptions, StandardOption
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import files, summary
-from beam_jobs.config import DEFAULT_FORMATS, ConfigError, ScoreConfig
-from beam_jobs.model_handler import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MIN_BATCH,
-    METRICS_NAMESPACE,
-    HistoModelHandler,
-    ServingModelHandler,
+from beam_jobs.config import (
+    DEFAULT_FORMATS,
+    DEFAULT_MAX_BATCH_SIZE,
+    DEFAULT_MIN_BATCH_SIZE,
+    ConfigError,
+    ScoreConfig,
+    ScoringOptions,
 )
+from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
 from beam_jobs.stages import ModelIdentity
 from beam_jobs.transforms import (
     ERRORS,
@@ -47,6 +48,7 @@ from beam_jobs.transforms import (
     WriteResults,
 )
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from histo_common.layout import RunLayout, RunModel, Summary
 from model_export import contract
 from model_export.loader import ModelLoadError, read_metadata, resolve_version
 
@@ -74,10 +76,10 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
         help="refuse larger files, unread; default %(default)s",
     )
     parser.add_argument(
-        "--min-batch-size", type=int, default=DEFAULT_MIN_BATCH, help="RunInference batching"
+        "--min-batch-size", type=int, default=DEFAULT_MIN_BATCH_SIZE, help="RunInference batching"
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="RunInference batching"
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="RunInference batching"
     )
     parser.add_argument(
         "--large-model",
@@ -126,24 +128,31 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def options_from_args(args: argparse.Namespace) -> ScoringOptions:
+    """The shared options from the flags :func:`add_model_flags` added."""
+    return ScoringOptions(
+        model=args.model,
+        model_endpoint=args.model_endpoint,
+        max_pixels=args.max_pixels,
+        max_bytes=args.max_bytes,
+        min_batch_size=args.min_batch_size,
+        max_batch_size=args.max_batch_size,
+        large_model=args.large_model,
+        overwrite=args.overwrite,
+    )
+
+
 def parse_args(argv: Sequence[str] | None) -> tuple[ScoreConfig, list[str]]:
     """Split ``argv`` into the job's config and Beam's pipeline arguments."""
     args, pipeline_args = build_parser().parse_known_args(argv)
     config = ScoreConfig(
         inputs=tuple(args.input),
         output=args.output,
-        model=args.model,
-        model_endpoint=args.model_endpoint,
+        options=options_from_args(args),
         gradcam=args.gradcam or args.gradcam_top is not None,
         gradcam_top=args.gradcam_top,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
-        max_pixels=args.max_pixels,
-        max_bytes=args.max_bytes,
-        min_batch_size=args.min_batch_size,
-        max_batch_size=args.max_batch_size,
-        large_model=args.large_model,
         num_shards=args.num_shards,
-        overwrite=args.overwrite,
     )
     return config, pipeline_args
 
@@ -190,14 +199,28 @@ def make_handler(
     return HistoModelHandler(identity.uri, **kwargs)
 
 
+def options_handler(
+    identity: ModelIdentity, options: ScoringOptions, signature: str
+) -> HistoModelHandler | ServingModelHandler:
+    """The RunInference handler for ``signature`` with the job's batching options."""
+    return make_handler(
+        identity,
+        endpoint=options.model_endpoint,
+        signature=signature,
+        min_batch_size=options.min_batch_size,
+        max_batch_size=options.max_batch_size,
+        large_model=options.large_model,
+    )
+
+
 def prepare_output(output: str, overwrite: bool) -> None:
     """Refuse to mix runs in one output folder, or clear the old run with ``overwrite``.
 
     Raises:
         ConfigError: when ``output`` already holds results and ``overwrite`` is False.
     """
-    patterns = [files.join(output, sub, "*") for sub in ("results", "errors")]
-    existing = [uri for pattern in patterns for uri in files.list_files(pattern)]
+    run = RunLayout(output)
+    existing = [uri for pattern in run.row_patterns for uri in files.list_files(pattern)]
     if not existing:
         return
     if not overwrite:
@@ -205,13 +228,7 @@ def prepare_output(output: str, overwrite: bool) -> None:
             f"{output} already holds results ({existing[0]}); choose a new --output or "
             "pass --overwrite"
         )
-    leftovers = [
-        *patterns,
-        files.join(output, "gradcam", "**"),
-        files.join(output, "*.json"),
-        files.join(output, files.MANIFEST_FILE),
-    ]
-    removed = sum(files.delete_matching(p) for p in leftovers)
+    removed = sum(files.delete_matching(p) for p in run.written_by_a_run())
     logger.info("Removed %d files of an earlier run under %s", removed, output)
 
 
@@ -223,6 +240,17 @@ class ScoringPlan:
     identity: ModelIdentity
     base: str  # the folder holding every input; overlay names are paths under it
     manifest: str = ""  # URI of the manifest the pipeline reads; set by write_plan
+    endpoint: str | None = None  # TensorFlow Serving host:port, when scoring there
+
+    @property
+    def run_model(self) -> RunModel:
+        """The model as the summary records it: a version folder, or a serving endpoint."""
+        return RunModel(
+            name=self.identity.name,
+            version=self.identity.version,
+            version_uri=None if self.endpoint else self.identity.uri,
+            endpoint=self.endpoint,
+        )
 
 
 def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None) -> ScoringPlan:
@@ -244,12 +272,19 @@ def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None)
         identity.version,
         identity.uri,
     )
-    return ScoringPlan(matched=matched, identity=identity, base=base)
+    return ScoringPlan(matched=matched, identity=identity, base=base, endpoint=endpoint)
 
 
 def write_plan(plan: ScoringPlan, output: str) -> ScoringPlan:
     """Write the manifest of matched files under ``output``; return the plan naming it."""
     return replace(plan, manifest=files.write_manifest(output, plan.matched))
+
+
+def start_scoring(config: ScoreConfig) -> ScoringPlan:
+    """Match the inputs, pin the model, clear or refuse the output, write the manifest."""
+    plan = plan_scoring(config.inputs, config.options.model, config.options.model_endpoint)
+    prepare_output(config.output, config.options.overwrite)
+    return write_plan(plan, config.output)
 
 
 def add_scoring(
@@ -263,21 +298,16 @@ def add_scoring(
     if not plan.manifest:
         raise ValueError("write the plan's manifest (write_plan) before adding the stages")
     explain_all = config.gradcam and config.gradcam_top is None
-    handler_kwargs = {
-        "endpoint": config.model_endpoint,
-        "min_batch_size": config.min_batch_size,
-        "max_batch_size": config.max_batch_size,
-        "large_model": config.large_model,
-    }
+    options = config.options
     signature = contract.EXPLAIN_SIGNATURE if explain_all else contract.PREDICT_SIGNATURE
-    handler = make_handler(plan.identity, signature=signature, **handler_kwargs)
+    handler = options_handler(plan.identity, options, signature)
 
     read = (
         pipeline
         | "ReadManifest" >> beam.io.ReadFromText(plan.manifest)
         | "ParseManifest" >> beam.Map(files.parse_manifest_line)
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadImages" >> ReadImages(config.max_pixels, config.max_bytes)
+        | "ReadImages" >> ReadImages(options.max_pixels, options.max_bytes)
     )
     scored = read["images"] | "ScoreImages" >> ScoreImages(handler)
     errors = (read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
@@ -290,11 +320,9 @@ def add_scoring(
         if explain_all:
             explained = scored[EXPLAINED]
         else:
-            explain = make_handler(
-                plan.identity, signature=contract.EXPLAIN_SIGNATURE, **handler_kwargs
-            )
+            explain = options_handler(plan.identity, options, contract.EXPLAIN_SIGNATURE)
             explained = scored["results"] | "ExplainTop" >> ExplainTop(
-                config.gradcam_top, explain, config.max_pixels, config.max_bytes
+                config.gradcam_top, explain, options.max_pixels, options.max_bytes
             )
         _ = explained | "WriteOverlays" >> WriteOverlays(config.output, plan.base)
     return {"results": scored["results"], ERRORS: errors}
@@ -317,12 +345,11 @@ def query_counters(result: PipelineResult) -> dict[str, int]:
 def finish(
     result: PipelineResult,
     *,
-    output: str,
-    inputs: Sequence[str],
+    config: ScoreConfig,
     plan: ScoringPlan,
     started: float,
     runner: str,
-) -> dict[str, Any]:
+) -> Summary:
     """Wait for the run, check completeness, write and log the summary.
 
     Raises:
@@ -330,17 +357,19 @@ def finish(
     """
     result.wait_until_finish()
     elapsed = time.monotonic() - started
-    completeness = summary.check_completeness(output, [m.uri for m in plan.matched])
-    document = summary.summary_document(
+    completeness = summary.check_completeness(config.output, [m.uri for m in plan.matched])
+    document = summary.build_summary(
         completeness,
-        plan.identity,
-        inputs=inputs,
-        output=output,
+        plan.run_model,
+        inputs=config.inputs,
+        output=config.output,
+        base=plan.base,
+        formats=config.formats,
         elapsed_s=elapsed,
         counters=query_counters(result),
         runner=runner,
     )
-    uri = summary.write_summary(output, document)
+    uri = summary.write_summary(document)
     line = summary.describe(completeness)
     (logger.info if completeness.ok else logger.error)(line)
     logger.info(
@@ -349,7 +378,7 @@ def finish(
         completeness.failed,
         completeness.matched,
         elapsed,
-        document["images_per_s"] or 0.0,
+        document.images_per_s or 0.0,
         uri,
     )
     if not completeness.ok:
@@ -389,21 +418,12 @@ def run(
     """
     config, pipeline_args = parse_args(argv)
     started = time.monotonic()
-    plan = plan_scoring(config.inputs, config.model, config.model_endpoint)
-    prepare_output(config.output, config.overwrite)
-    plan = write_plan(plan, config.output)
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(pipeline_args))
+    plan = start_scoring(config)
     add_scoring(pipeline, config, plan)
     result = pipeline.run()
     runner = pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
-    finish(
-        result,
-        output=config.output,
-        inputs=config.inputs,
-        plan=plan,
-        started=started,
-        runner=runner,
-    )
+    finish(result, config=config, plan=plan, started=started, runner=runner)
     return result
 
 

@@ -22,7 +22,6 @@ from histo_common.results import RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
 
 logger = logging.getLogger(__name__)
 
-GRADCAM_SUFFIX = ".gradcam.png"
 _MAX_REASON = 300
 
 
@@ -212,20 +211,6 @@ def parquet_schema() -> Any:
         "image_height": pa.int64(),
     }
     return pa.schema([(c, types.get(c, pa.string())) for c in RESULT_COLUMNS])
-
-
-def gradcam_name(uri: str, base: str) -> str:
-    """Relative name of an input's overlay: its path under ``base`` + ``.gradcam.png``.
-
-    ``..`` segments and empty segments are dropped so the name stays under the
-    output folder.
-    """
-    if base and uri.startswith(base.rstrip("/") + "/"):
-        rel = uri[len(base.rstrip("/")) + 1 :]
-    else:
-        rel = uri.split("://", 1)[-1]
-    parts = [p for p in rel.split("/") if p not in ("", ".", "..")]
-    return "/".join(parts) + GRADCAM_SUFFIX
 
 
 def overlay_png(image_bytes: bytes, prediction: Prediction, heatmap: np.ndarray) -> bytes:

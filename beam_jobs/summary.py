@@ -1,28 +1,24 @@
 """After a scoring run: check that no input was lost and write ``summary.json``.
 
 Every matched file must come out as exactly one row in ``results/`` or
-``errors/``. The check reads the rows back (through ``FileSystems``) and
-compares their URIs with the matched ones; the summary records the outcome with
-the model, the counts and the speed.
+``errors/``. The check reads the JSON Lines rows back (through ``FileSystems``,
+at the names :class:`histo_common.layout.RunLayout` gives) and compares their
+URIs with the matched ones; the typed :class:`histo_common.layout.Summary`
+records the outcome with the model, the base folder, the counts and the speed.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 from collections import Counter
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 from beam_jobs import files
-from beam_jobs.stages import ModelIdentity
-from histo_common import DISCLAIMER
+from histo_common.layout import RunLayout, RunModel, Summary
 from histo_common.results import utc_now
 
 logger = logging.getLogger(__name__)
-
-SUMMARY_FILE = "summary.json"
 
 
 class IncompleteOutputError(RuntimeError):
@@ -51,16 +47,6 @@ class Completeness:
         )
 
 
-def results_pattern(output: str) -> str:
-    """Glob of the JSON Lines result shards under a scoring output."""
-    return files.join(output, "results", "*.jsonl")
-
-
-def errors_pattern(output: str) -> str:
-    """Glob of the JSON Lines error shards under a scoring output."""
-    return files.join(output, "errors", "*.jsonl")
-
-
 def reconcile(
     matched: Iterable[str], result_uris: list[str], error_uris: list[str]
 ) -> Completeness:
@@ -78,56 +64,64 @@ def reconcile(
 
 
 def check_completeness(output: str, matched: Iterable[str]) -> Completeness:
-    """Read back the rows under ``output`` and reconcile them with ``matched``."""
-    result_uris = [row["uri"] for row in files.read_json_lines(results_pattern(output))]
-    error_uris = [row["uri"] for row in files.read_json_lines(errors_pattern(output))]
+    """Read back the rows under ``output`` (JSON Lines only) and reconcile them with ``matched``."""
+    run = RunLayout(output)
+    result_uris = [row["uri"] for row in files.read_json_lines(run.results_pattern)]
+    error_uris = [row["uri"] for row in files.read_json_lines(run.errors_pattern)]
     return reconcile(matched, result_uris, error_uris)
 
 
-def summary_document(
+def build_summary(
     completeness: Completeness,
-    model: ModelIdentity,
+    model: RunModel,
     *,
     inputs: Iterable[str],
     output: str,
+    base: str,
+    formats: Iterable[str],
     elapsed_s: float,
     counters: dict[str, int],
     runner: str,
-) -> dict[str, Any]:
-    """The content of ``summary.json``."""
-    return {
-        "inputs": list(inputs),
-        "output": output,
-        "matched": completeness.matched,
-        "scored": completeness.scored,
-        "failed": completeness.failed,
-        "complete": completeness.ok,
-        "missing": completeness.missing[:100],
-        "duplicated": completeness.duplicated[:100],
-        "unexpected": completeness.unexpected[:100],
-        "model": asdict(model),
-        "runner": runner,
-        "elapsed_s": round(elapsed_s, 3),
-        "images_per_s": round(completeness.matched / elapsed_s, 2) if elapsed_s > 0 else None,
-        "counters": counters,
-        "finished_at": utc_now(),
-        "disclaimer": DISCLAIMER,
-    }
+) -> Summary:
+    """The run's :class:`Summary` (``summary.json``)."""
+    return Summary(
+        inputs=list(inputs),
+        output=output,
+        base=base,
+        model=model,
+        matched=completeness.matched,
+        scored=completeness.scored,
+        failed=completeness.failed,
+        complete=completeness.ok,
+        formats=list(formats),
+        missing=completeness.missing[:100],
+        duplicated=completeness.duplicated[:100],
+        unexpected=completeness.unexpected[:100],
+        runner=runner,
+        elapsed_s=round(elapsed_s, 3),
+        images_per_s=round(completeness.matched / elapsed_s, 2) if elapsed_s > 0 else None,
+        counters=counters,
+        finished_at=utc_now(),
+    )
 
 
-def write_summary(output: str, document: dict[str, Any]) -> str:
+def write_summary(summary: Summary) -> str:
     """Write ``<output>/summary.json``; return its URI."""
-    uri = files.join(output, SUMMARY_FILE)
-    files.write_text(uri, json.dumps(document, indent=2), mime_type="application/json")
+    uri = RunLayout(summary.output).summary
+    files.write_text(uri, summary.to_json(), mime_type="application/json")
     return uri
 
 
-def read_summary(output: str) -> dict[str, Any] | None:
-    """The ``summary.json`` of a scoring output, or None when it has none."""
-    uri = files.join(output, SUMMARY_FILE)
+def read_summary(output: str) -> Summary | None:
+    """The summary of a scoring output, or None when it has none.
+
+    Raises:
+        histo_common.layout.DocumentError: when it is not a summary this version reads.
+    """
+    uri = RunLayout(output).summary
     if not files.exists(uri):
         return None
-    return json.loads(files.read_file(uri))
+    return Summary.from_json(files.read_file(uri).decode("utf-8"), source=uri)
 
 
 def describe(completeness: Completeness) -> str:

@@ -3,12 +3,14 @@
 ``ReadImages`` (matched files -> checked images + error rows), ``ScoreImages``
 (``RunInference`` -> result rows + error rows [+ heatmaps]), ``WriteResults`` and
 ``WriteErrors`` (sharded JSON Lines, CSV, Parquet), ``ExplainTop`` (Grad-CAM for
-the N most suspicious images) and ``WriteOverlays`` (overlay PNGs). Each is a
+the N most suspicious images), ``WriteOverlays`` (overlay PNGs) and
+``ExplainErrors`` (the evaluation gallery). Each is a
 composite ``PTransform``; the logic they run is in :mod:`beam_jobs.stages`.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import time
 from collections.abc import Iterator
@@ -16,11 +18,14 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
-from apache_beam.ml.inference.base import PredictionResult, RunInference
+from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, RunInference
 
 from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE
+from evaluation.outputs import LabelledScore
+from evaluation.report import GalleryItem
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from histo_common.layout import ROW_FORMATS, RunLayout
 from histo_common.results import ErrorRow, ResultRow
 
 logger = logging.getLogger(__name__)
@@ -152,7 +157,7 @@ class WriteResults(beam.PTransform):
 
     def __init__(self, output: str, formats: tuple[str, ...] = ("jsonl",), num_shards: int = 0):
         super().__init__()
-        self.prefix = files.join(output, "results", "part")
+        self.prefix = RunLayout(output).results_prefix
         self.formats = formats
         self.num_shards = num_shards
 
@@ -164,7 +169,7 @@ class WriteResults(beam.PTransform):
                 | "ResultsToJson" >> beam.Map(ResultRow.to_json)
                 | "WriteResultsJsonl"
                 >> beam.io.WriteToText(
-                    self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards
+                    self.prefix, file_name_suffix=ROW_FORMATS["jsonl"], num_shards=self.num_shards
                 )
             )
         if "csv" in self.formats:
@@ -174,7 +179,7 @@ class WriteResults(beam.PTransform):
                 | "WriteResultsCsv"
                 >> beam.io.WriteToText(
                     self.prefix,
-                    file_name_suffix=".csv",
+                    file_name_suffix=ROW_FORMATS["csv"],
                     header=stages.csv_header(),
                     num_shards=self.num_shards,
                 )
@@ -187,7 +192,7 @@ class WriteResults(beam.PTransform):
                 >> beam.io.WriteToParquet(
                     self.prefix,
                     stages.parquet_schema(),
-                    file_name_suffix=".parquet",
+                    file_name_suffix=ROW_FORMATS["parquet"],
                     num_shards=self.num_shards,
                 )
             )
@@ -199,7 +204,7 @@ class WriteErrors(beam.PTransform):
 
     def __init__(self, output: str, num_shards: int = 0):
         super().__init__()
-        self.prefix = files.join(output, "errors", "part")
+        self.prefix = RunLayout(output).errors_prefix
         self.num_shards = num_shards
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
@@ -208,7 +213,7 @@ class WriteErrors(beam.PTransform):
             | "ErrorsToJson" >> beam.Map(ErrorRow.to_json)
             | "WriteErrorsJsonl"
             >> beam.io.WriteToText(
-                self.prefix, file_name_suffix=".jsonl", num_shards=self.num_shards
+                self.prefix, file_name_suffix=ROW_FORMATS["jsonl"], num_shards=self.num_shards
             )
         )
 
@@ -262,14 +267,14 @@ class _WriteOverlay(beam.DoFn):
     """Render and write one overlay PNG; a failure is logged and counted, not fatal."""
 
     def __init__(self, output: str, base: str) -> None:
-        self.output = output
+        self.run = RunLayout(output)
         self.base = base
         self.written = Metrics.counter(METRICS_NAMESPACE, "gradcam_written")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "gradcam_failed")
 
     def process(self, pair: tuple[stages.CheckedImage, stages.ScoreOutcome]) -> Iterator[str]:
         image, outcome = pair
-        uri = files.join(self.output, "gradcam", stages.gradcam_name(image.uri, self.base))
+        uri = self.run.gradcam(image.uri, self.base)
         try:
             png = stages.overlay_png(image.data, outcome.prediction, outcome.heatmap)
             files.write_file(uri, png, mime_type="image/png")
@@ -296,3 +301,108 @@ class WriteOverlays(beam.PTransform):
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
         return pairs | "RenderAndWrite" >> beam.ParDo(_WriteOverlay(self.output, self.base))
+
+
+def _reread_score(
+    score: LabelledScore, max_pixels: int, max_bytes: int
+) -> Iterator[tuple[LabelledScore, stages.CheckedImage]]:
+    try:
+        checked = stages.check_image(
+            score.uri, files.read_file(score.uri), max_pixels=max_pixels, max_bytes=max_bytes
+        )
+    except Exception as exc:  # a gallery image that vanished is left out, not fatal
+        logger.warning("Gallery skips %s: %s", score.uri, stages.one_line(exc))
+        return
+    if isinstance(checked, stages.CheckedImage):
+        yield score, checked
+
+
+def _plain_png(data: bytes, side: int = 256) -> bytes:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        rgb = img.convert("RGB")
+        scale = max(1, side // max(1, min(rgb.size)))
+        out = io.BytesIO()
+        rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST).save(out, format="PNG")
+        return out.getvalue()
+
+
+def gallery_item(
+    score: LabelledScore,
+    image: stages.CheckedImage,
+    outcome: stages.ScoreOutcome | None,
+    class_names: tuple[str, ...],
+) -> GalleryItem:
+    """A gallery card: the Grad-CAM overlay when the model explained it, else the image."""
+    explained = outcome is not None and outcome.prediction is not None
+    if explained and outcome is not None and outcome.heatmap is not None:
+        png = stages.overlay_png(image.data, outcome.prediction, outcome.heatmap)
+    else:
+        explained = False
+        png = _plain_png(image.data)
+    return GalleryItem(
+        uri=score.uri,
+        kind="false negative" if score.y else "false positive",
+        true_label=class_names[score.y],
+        predicted_label=score.predicted_label,
+        probability=score.probability,
+        threshold=score.threshold,
+        png=png,
+        has_gradcam=explained,
+    )
+
+
+class ExplainErrors(beam.PTransform):
+    """Labelled scores -> ``GalleryItem`` for the N most confident errors.
+
+    The images are read again and explained by RunInference with an ``explain``
+    handler (the model is loaded once per worker, as for scoring); without a
+    handler the gallery shows the plain images.
+
+    Args:
+        top_n: how many errors, furthest from the threshold first.
+        handler: an ``explain`` handler, or None.
+        class_names: the model's class names, by label index.
+    """
+
+    def __init__(
+        self,
+        top_n: int,
+        handler: Any,
+        class_names: tuple[str, ...],
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+    ) -> None:
+        super().__init__()
+        self.top_n = top_n
+        self.handler = handler
+        self.class_names = class_names
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+
+    def expand(self, scores: beam.PCollection) -> beam.PCollection:
+        images = (
+            scores
+            | "Misclassified" >> beam.Filter(lambda s: s.wrong)
+            | "MostConfident" >> beam.combiners.Top.Of(self.top_n, key=_confidence)
+            | "OnePerError" >> beam.FlatMap(lambda top: top)
+            | "RereadErrors" >> beam.FlatMap(_reread_score, self.max_pixels, self.max_bytes)
+        )
+        names = self.class_names
+        if self.handler is None:
+            return images | "PlainImages" >> beam.MapTuple(
+                lambda score, image: gallery_item(score, image, None, names)
+            )
+        return (
+            images
+            | "RunExplainErrors" >> RunInference(KeyedModelHandler(self.handler))
+            | "Overlays"
+            >> beam.MapTuple(
+                lambda score, result: gallery_item(score, result.example, result.inference, names)
+            )
+        )
+
+
+def _confidence(score: LabelledScore) -> float:
+    return score.confidence

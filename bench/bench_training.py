@@ -141,7 +141,7 @@ def run_one(kind: str, seed: int, work: Path, train_csv: Path, test, max_minutes
         train_seconds=round(result.train_seconds, 1),
         wall_seconds=round(time.monotonic() - start, 1),
         epochs=result.epochs_run,
-        validation_auc=result.validation_metrics.get("auc"),
+        validation_auc=result.validation_metrics.get("roc_auc"),
     )
     return metrics
 

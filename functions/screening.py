@@ -29,16 +29,13 @@ from functions.logs import log_context
 from functions.settings import FunctionSettings
 from histo_common import DISCLAIMER, storage
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
+from histo_common.layout import error_sibling, gradcam_sibling, is_output, prediction_sibling
 from histo_common.overlay import load_rgb, overlay_caption, render_overlay
 from histo_common.results import ErrorRow, ResultRow, prediction_document
 from model_export.loader import LoadedModel, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-GRADCAM_SUFFIX = ".gradcam.png"
-PREDICTION_SUFFIX = ".prediction.json"
-ERROR_SUFFIX = ".error.json"
-OUTPUT_SUFFIXES = (GRADCAM_SUFFIX, PREDICTION_SUFFIX, ERROR_SUFFIX)
 GENERATION_METADATA_KEY = "source-generation"
 FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 
@@ -115,24 +112,15 @@ def object_uri(bucket: str, name: str, settings: FunctionSettings) -> str:
     return uri
 
 
-def gradcam_uri(uri: str) -> str:
-    """Where the Grad-CAM overlay of ``uri`` goes."""
-    return uri + GRADCAM_SUFFIX
-
-
-def prediction_uri(uri: str) -> str:
-    """Where the prediction document of ``uri`` goes."""
-    return uri + PREDICTION_SUFFIX
-
-
-def error_uri(uri: str) -> str:
-    """Where the error document of ``uri`` goes."""
-    return uri + ERROR_SUFFIX
+# Output names beside each upload: one definition, in the run layout.
+gradcam_uri = gradcam_sibling
+prediction_uri = prediction_sibling
+error_uri = error_sibling
 
 
 def is_own_output(name: str) -> bool:
     """True for names this function writes, which must never be screened (no loops)."""
-    return name.endswith(OUTPUT_SUFFIXES)
+    return is_output(name)
 
 
 def skip_reason(name: str) -> str | None:

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"Model:      {result.model_uri}")
     print(f"Run record: {result.run_uri}")
     print(
-        f"Validation: AUC {m.get('auc', float('nan')):.3f}, balanced accuracy "
+        f"Validation: AUC {m.get('roc_auc', float('nan')):.3f}, balanced accuracy "
         f"{m.get('balanced_accuracy', float('nan')):.3f}, threshold {result.threshold:.3f} "
         f"({result.epochs_run} epochs, {result.train_seconds:.0f} s)"
     )

@@ -135,27 +135,16 @@ def _logit_midpoint(upper: float, lower: float) -> float:
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """AUC, accuracy, balanced accuracy, sensitivity, specificity, precision, F1."""
-    from sklearn.metrics import roc_auc_score
+    """The evaluation's metrics (same functions, same names: ``roc_auc``, ``sensitivity``, ...)
+    at ``threshold``, with the threshold and the number of images."""
+    from evaluation.metrics import all_metrics
 
-    pred = scores >= threshold
-    pos, neg = y_true == 1, y_true == 0
-    tp, tn = int((pred & pos).sum()), int((~pred & neg).sum())
-    fp, fn = int((pred & neg).sum()), int((~pred & pos).sum())
-    sens = tp / max(1, tp + fn)
-    spec = tn / max(1, tn + fp)
-    prec = tp / max(1, tp + fp)
-    return {
-        "auc": float(roc_auc_score(y_true, scores)) if pos.any() and neg.any() else float("nan"),
-        "accuracy": (tp + tn) / max(1, len(y_true)),
-        "balanced_accuracy": (sens + spec) / 2,
-        "sensitivity": sens,
-        "specificity": spec,
-        "precision": prec,
-        "f1": 2 * prec * sens / max(1e-12, prec + sens),
-        "threshold": threshold,
-        "n": len(y_true),
-    }
+    values: dict[str, float] = all_metrics(
+        np.asarray(y_true, dtype=np.int64), np.asarray(scores, dtype=np.float64), threshold
+    )
+    values["threshold"] = threshold
+    values["n"] = len(y_true)
+    return values
 
 
 class _TimeBudget:

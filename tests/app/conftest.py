@@ -1,25 +1,30 @@
-"""Fixtures for the app's tests: small runs on disk in the shapes the app reads.
+"""Fixtures for the app's tests: small runs on disk, written with the producers' own types.
 
-The producers (bulk scoring, evaluation, training) are written elsewhere; these
-fixtures write their outputs by hand, in the documented shapes, so the app's
-tests do not depend on them:
+Each file is named by :class:`histo_common.layout.RunLayout` and each document
+is built with the producers' code (``ResultRow``/``ErrorRow``, ``Summary``, and
+:func:`evaluation.outputs.metrics_document` on known scores), so its shape is
+the real one; ``tests/app/test_app_real_runs.py`` runs the real Beam jobs. The
+rows here are chosen by hand so the tests can check filters and edge cases:
 
-- ``scoring_run``: ``<root>/scoring-1/{results,errors}/*.jsonl``, ``summary.json``
-  and one saved Grad-CAM, with rows pointing at real sample images;
-- ``evaluation_run``: ``<root>/eval-1/metrics.json``, ``plots/*.png``, ``report.html``;
+- ``scoring_run``: ``<root>/scoring-1/{results,errors}/*.jsonl`` (one shard cut
+  short), ``summary.json`` and one saved Grad-CAM, with rows pointing at real
+  sample images;
+- ``evaluation_run``: ``<root>/eval-1/metrics.json``, ``plots/*.png`` (one listed
+  plot missing on purpose), ``report.html``;
 - ``history_csv``: a Keras ``CSVLogger`` file.
 """
 
 from __future__ import annotations
 
 import io
-import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from evaluation.outputs import EvaluationSettings, LabelledScore, RunFacts, metrics_document
+from histo_common.layout import MetricsDocument, RunLayout, RunModel, Summary
 from histo_common.results import ErrorRow, Prediction, ResultRow
 
 
@@ -74,9 +79,20 @@ def write_scoring_run(root: Path, sample_dir: Path) -> ScoringRunFixture:
         ),
     ]
     (run / "errors" / "part-00000.jsonl").write_text("\n".join(e.to_json() for e in errors))
-    (run / "summary.json").write_text(json.dumps({"images": 8, "scored": 6, "errors": 2}))
+    summary = Summary(
+        inputs=[f"{sample_dir}/**.png"],
+        output=str(run),
+        base=str(sample_dir),
+        model=RunModel(name="histo-cnn", version=1, version_uri="/models/histo-cnn/1"),
+        matched=8,
+        scored=6,
+        failed=2,
+        complete=True,
+    )
+    layout = RunLayout(str(run))
+    Path(layout.summary).write_text(summary.to_json())
     saved = images[5]
-    gradcam = run / "gradcam" / "malignant" / f"{saved.name}.gradcam.png"
+    gradcam = Path(layout.gradcam(str(saved), summary.base))
     gradcam.parent.mkdir(parents=True)
     gradcam.write_bytes(png_bytes((200, 30, 30), size=40))
     return ScoringRunFixture(
@@ -89,36 +105,23 @@ def write_scoring_run(root: Path, sample_dir: Path) -> ScoringRunFixture:
     )
 
 
-def metrics_document(plots: dict[str, str]) -> dict:
-    """A ``metrics.json`` in the evaluation job's documented shape."""
-
-    def ci(value: float) -> dict[str, float]:
-        return {"value": value, "ci_low": round(value - 0.05, 3), "ci_high": round(value + 0.03, 3)}
-
-    return {
-        "model": {
-            "name": "histo-cnn",
-            "version": 1,
-            "uri": "buckets/models/histo-cnn/1",
-            "threshold": 0.5,
-        },
-        "counts": {"images": 40, "per_class": {"benign": 20, "malignant": 20}, "errors": 1},
-        "image_level": {
-            "auc": ci(0.912),
-            "accuracy": ci(0.85),
-            "sensitivity": ci(0.9),
-            "specificity": ci(0.8),
-            "confusion_matrix": {"labels": ["benign", "malignant"], "matrix": [[16, 4], [2, 18]]},
-            "classification_report": {
-                "benign": {"precision": 0.889, "recall": 0.8, "f1-score": 0.842, "support": 20},
-                "malignant": {"precision": 0.818, "recall": 0.9, "f1-score": 0.857, "support": 20},
-                "accuracy": 0.85,
-            },
-        },
-        "patient_level": None,
-        "plots": plots,
-        "disclaimer": "Research use only.",
-    }
+def evaluation_document() -> MetricsDocument:
+    """The metrics of 40 known scores (20 per class, 4 patients), as the evaluation makes it."""
+    scores = [
+        LabelledScore(
+            uri=f"/data/{i}.png",
+            y=i % 2,
+            probability=round(0.15 + 0.6 * (i % 2) + 0.01 * (i % 20) - 0.2 * (i % 7 == 0), 3),
+            threshold=0.5,
+            predicted_label="?",
+            patient_id=f"P{i % 4}",
+            model_name="histo-cnn",
+            model_version=1,
+        )
+        for i in range(40)
+    ]
+    facts = RunFacts(model_version_uri="buckets/models/histo-cnn/1", errors=1, unlabelled=0)
+    return metrics_document(scores, facts, EvaluationSettings(bootstrap=50))
 
 
 @pytest.fixture
@@ -131,16 +134,14 @@ def scoring_run(tmp_path: Path, sample_dir: Path) -> ScoringRunFixture:
 def evaluation_run(tmp_path: Path) -> Path:
     """A hand-written evaluation run; the histogram plot it lists is missing on purpose."""
     run = tmp_path / "results" / "eval-1"
+    layout = RunLayout(str(run))
+    document = evaluation_document()
     (run / "plots").mkdir(parents=True)
-    plots = {
-        "confusion_matrix": "plots/confusion_matrix.png",
-        "roc": "plots/roc.png",
-        "histogram": "plots/histogram.png",
-    }
-    (run / "plots" / "confusion_matrix.png").write_bytes(png_bytes((10, 10, 200)))
-    (run / "plots" / "roc.png").write_bytes(png_bytes((10, 200, 10)))
-    (run / "metrics.json").write_text(json.dumps(metrics_document(plots)))
-    (run / "report.html").write_text("<html><body>report</body></html>")
+    Path(layout.plot("confusion_matrix")).write_bytes(png_bytes((10, 10, 200)))
+    Path(layout.plot("roc")).write_bytes(png_bytes((10, 200, 10)))
+    plots = {name: RunLayout.plot_path(name) for name in ("confusion_matrix", "roc", "histogram")}
+    Path(layout.metrics).write_text(replace(document, plots=plots).to_json())
+    Path(layout.report).write_text("<html><body>report</body></html>")
     return run
 
 

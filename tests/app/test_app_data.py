@@ -35,9 +35,11 @@ def test_load_scoring_run_reads_rows_errors_summary_and_skips_a_cut_line(scoring
     assert run.results["probability"].dtype.kind == "f"
     assert list(run.errors.columns) == list(ERROR_COLUMNS)
     assert len(run.errors) == 2
-    assert run.summary == {"images": 8, "scored": 6, "errors": 2}
+    assert (run.summary.scored, run.summary.failed) == (6, 2)
     assert run.skipped_lines == 1
     assert len(run.gradcam_uris) == 1
+    assert run.saved_gradcam(scoring_run.saved_gradcam_for) == run.gradcam_uris[0]
+    assert run.saved_gradcam(scoring_run.image_uris[0]) is None
 
 
 def test_load_scoring_run_refuses_a_folder_that_is_no_run(tmp_path: Path) -> None:
@@ -58,15 +60,25 @@ def test_load_scoring_run_with_only_errors_has_an_empty_result_table(tmp_path: P
     assert run.errors["reason"].tolist() == ["empty file (0 bytes)"]
 
 
-def test_load_rows_reads_csv_and_keeps_extra_columns(tmp_path: Path) -> None:
-    path = tmp_path / "rows.csv"
-    path.write_text("uri,probability,label,extra\na.png,0.4,benign,x\n")
+def test_load_rows_keeps_extra_columns(tmp_path: Path) -> None:
+    path = tmp_path / "rows.jsonl"
+    path.write_text(json.dumps({"uri": "a.png", "probability": 0.4, "label": "benign", "x": 1}))
 
     frame, skipped = data.load_rows([str(path)], RESULT_COLUMNS)
 
     assert skipped == 0
-    assert list(frame.columns) == [*RESULT_COLUMNS, "extra"]
+    assert list(frame.columns) == [*RESULT_COLUMNS, "x"]
     assert frame.loc[0, "label"] == "benign"
+
+
+def test_rows_are_read_from_json_lines_only(scoring_run) -> None:
+    # The same rows as CSV beside the JSON Lines (--formats jsonl,csv) must not count twice.
+    run = data.load_scoring_run(str(scoring_run.run))
+    run.results.to_csv(scoring_run.run / "results" / "part-00000.csv", index=False)
+
+    again = data.load_scoring_run(str(scoring_run.run))
+
+    assert len(again.results) == len(run.results) == again.summary.scored
 
 
 def _rows() -> pd.DataFrame:
@@ -99,19 +111,25 @@ def test_result_filter_refuses_an_inverted_range() -> None:
         data.ResultFilter(min_probability=0.8, max_probability=0.2)
 
 
-def test_find_saved_gradcam_prefers_the_image_in_the_same_folder() -> None:
-    gradcams = [
-        "gs://r/run/gradcam/benign/p1.png.gradcam.png",
-        "gs://r/run/gradcam/malignant/p1.png.gradcam.png",
-        "gs://r/run/gradcam/malignant/p2.gradcam.png",
-    ]
+def test_saved_overlays_are_found_through_the_layout_never_by_name(scoring_run) -> None:
+    run = data.load_scoring_run(str(scoring_run.run))
+    saved = Path(scoring_run.saved_gradcam_for)
+    twin = str(saved.parent.parent / "benign" / saved.name)  # same file name, other folder
 
-    assert (
-        data.find_saved_gradcam("gs://in/malignant/p1.png", gradcams)
-        == "gs://r/run/gradcam/malignant/p1.png.gradcam.png"
-    )
-    assert data.find_saved_gradcam("gs://in/malignant/p2.png", gradcams) == gradcams[2]
-    assert data.find_saved_gradcam("gs://in/benign/p3.png", gradcams) is None
+    assert run.saved_gradcam(str(saved)) == run.gradcam_uris[0]
+    assert run.saved_gradcam(twin) is None
+    (scoring_run.run / "summary.json").unlink()
+    assert data.load_scoring_run(str(scoring_run.run)).saved_gradcam(str(saved)) is None
+
+
+def test_a_summary_of_a_newer_schema_is_a_message(scoring_run) -> None:
+    path = scoring_run.run / "summary.json"
+    path.write_text(path.read_text().replace('"schema_version": 1', '"schema_version": 7'))
+
+    run = data.load_scoring_run(str(scoring_run.run))
+
+    assert run.summary is None and "newer than this histoscreen reads" in run.summary_problem
+    assert len(run.results) == 6
 
 
 def test_load_evaluation_resolves_plots_and_report(evaluation_run: Path) -> None:
@@ -119,7 +137,7 @@ def test_load_evaluation_resolves_plots_and_report(evaluation_run: Path) -> None
 
     assert report.plots["roc"] == str(evaluation_run / "plots" / "roc.png")
     assert report.report_uri == str(evaluation_run / "report.html")
-    assert report.metrics["model"]["version"] == 1
+    assert report.metrics.model.version == 1
 
 
 def test_load_evaluation_names_the_missing_metrics_file(tmp_path: Path) -> None:
@@ -141,12 +159,18 @@ def test_metric_tables_from_metrics_json(evaluation_run: Path) -> None:
     matrix = data.confusion_frame(section)
     report = data.classification_report_frame(section)
 
-    assert table["metric"].tolist() == ["auc", "accuracy", "sensitivity", "specificity"]
-    auc = table.set_index("metric").loc["auc"]
-    assert (auc["value"], auc["ci_low"], auc["ci_high"]) == (0.912, 0.862, 0.942)
-    assert matrix.loc["true malignant", "predicted benign"] == 2
-    assert report.loc["malignant", "recall"] == 0.9
-    assert report.loc["accuracy", "f1-score"] == 0.85
+    assert table["metric"].tolist()[:2] == ["accuracy", "balanced_accuracy"]
+    auc = table.set_index("metric").loc["roc_auc"]
+    expected = section["roc_auc"]
+    assert (auc["value"], auc["ci_low"], auc["ci_high"]) == (
+        expected["value"],
+        expected["ci_low"],
+        expected["ci_high"],
+    )
+    _, (fn, tp) = section["confusion_matrix"]["matrix"]
+    assert matrix.loc["true malignant", "predicted benign"] == fn
+    assert report.loc["malignant", "recall"] == pytest.approx(tp / (tp + fn))
+    assert report.loc["accuracy", "f1-score"] == section["accuracy"]["value"]
     assert list(report.columns) == ["precision", "recall", "f1-score", "support"]
     assert data.confusion_frame({}) is None
     assert data.classification_report_frame(None) is None

@@ -6,6 +6,7 @@ sample set and hand-written runs (see ``tests/app/conftest.py``).
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -210,7 +211,9 @@ def test_evaluation_page_shows_metrics_intervals_and_plots(
     assert_clean(at)
     tables = [d.value for d in at.dataframe]
     metrics = next(t for t in tables if "ci_low" in t.columns).set_index("metric")
-    assert metrics.loc["auc", "ci_high"] == pytest.approx(0.942)
+    document = json.loads((evaluation_run / "metrics.json").read_text())
+    expected = document["image_level"]["roc_auc"]["ci_high"]
+    assert metrics.loc["roc_auc", "ci_high"] == pytest.approx(expected)
     assert any("predicted benign" in t.columns for t in tables)
     assert sorted(image_captions(at)) == ["confusion matrix", "roc"]
     assert any("histogram" in c and "does not exist" in c for c in texts(at.caption))

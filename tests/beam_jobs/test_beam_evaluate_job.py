@@ -10,7 +10,7 @@ import pytest
 from sklearn import metrics as skm
 
 from beam_jobs import evaluate, files
-from beam_jobs.metrics import ALL_METRICS
+from evaluation.metrics import ALL_METRICS
 from histo_common import DISCLAIMER, storage
 
 
@@ -30,7 +30,7 @@ def test_metrics_json_has_the_agreed_shape(evaluated_run) -> None:  # type: igno
         "disclaimer",
     }
     assert doc["model"]["name"] == "histo-cnn" and doc["model"]["version"] == 1
-    assert doc["model"]["uri"] == str(evaluated_run.model_version)
+    assert doc["model"]["version_uri"] == str(evaluated_run.model_version)
     assert doc["model"]["threshold"] == pytest.approx(0.5)
     assert doc["counts"] == {
         "images": 26,
@@ -120,7 +120,7 @@ def test_gate_blesses_then_refuses_with_reasons(evaluated_run, tmp_path) -> None
     assert "sensitivity" in text and "below the minimum 1.01" in text
     doc = _metrics(tmp_path / "again")
     assert doc["blessing"]["blessed"] is False
-    assert doc["model"]["uri"] == str(version)  # found through the scoring summary
+    assert doc["model"]["version_uri"] == str(version)  # found through the scoring summary
     assert doc["counts"]["images"] == 26 and doc["counts"]["errors"] == 1
     assert doc["image_level"]["roc_auc"]["ci_low"] is None  # --bootstrap 0: no intervals
 

@@ -9,8 +9,9 @@ import json
 import numpy as np
 import pytest
 
-from beam_jobs import files, gate, labels, stages, summary
-from beam_jobs.config import ConfigError, EvaluateConfig, GateConfig, ScoreConfig
+from beam_jobs import files, labels, stages, summary
+from beam_jobs.config import ConfigError, EvaluateConfig, ScoreConfig, ScoringOptions
+from histo_common.layout import RunModel, Summary
 from histo_common.results import RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
 
 MODEL = stages.ModelIdentity(name="histo-cnn", version=3, uri="/m/histo-cnn/3")
@@ -141,12 +142,6 @@ def test_csv_line_quotes_and_matches_header() -> None:
     assert float(parsed["probability"]) == 0.5
 
 
-def test_gradcam_name_stays_under_the_output() -> None:
-    assert stages.gradcam_name("gs://b/data/x/y.png", "gs://b/data") == "x/y.png.gradcam.png"
-    assert stages.gradcam_name("/a/../etc/p.png", "") == "a/etc/p.png.gradcam.png"
-    assert stages.gradcam_name("gs://other/z.png", "gs://b/data") == "other/z.png.gradcam.png"
-
-
 def test_common_base() -> None:
     assert files.common_base(["gs://b/d/x/1.png", "gs://b/d/y/2.png"]) == "gs://b/d"
     assert files.common_base(["/t/a/1.png"]) == "/t/a"
@@ -202,55 +197,80 @@ def test_labels_csv_resolves_relative_paths(tmp_path) -> None:  # type: ignore[n
         labels.parse_labels_csv("file,class\nx.png,benign\n", "l.csv")
 
 
-def test_gate_checks_minimums_and_maximums() -> None:
-    level = {
-        "roc_auc": {"value": 0.91},
-        "sensitivity": {"value": 0.7},
-        "brier_score": {"value": 0.2},
-        "expected_calibration_error": {"value": None},
-    }
-    passed = gate.check_gate(level, GateConfig(minimums={"roc_auc": 0.9}))
-    assert passed["blessed"] and passed["reasons"] == []
-    failed = gate.check_gate(
-        level,
-        GateConfig(
-            minimums={"roc_auc": 0.9, "sensitivity": 0.8},
-            maximums={"brier_score": 0.1, "expected_calibration_error": 0.1},
-        ),
-    )
-    assert not failed["blessed"]
-    assert len(failed["reasons"]) == 3
-    assert any("sensitivity = 0.7000 is below the minimum 0.8" in r for r in failed["reasons"])
-    assert any("could not be computed" in r for r in failed["reasons"])
-    text = gate.blessing_text(failed, {"name": "m", "version": 2}, "/out")
-    assert text.startswith("NOT_BLESSED: m version 2") and "Research use only" in text
-
-
 def test_configs_refuse_bad_flags() -> None:
+    model = ScoringOptions(model="m")
     with pytest.raises(ConfigError, match="--model"):
         ScoreConfig(inputs=("a",), output="o")
     with pytest.raises(ConfigError, match="--gradcam-top"):
-        ScoreConfig(inputs=("a",), output="o", model="m", gradcam=True, gradcam_top=0)
+        ScoreConfig(inputs=("a",), output="o", options=model, gradcam=True, gradcam_top=0)
     with pytest.raises(ConfigError, match="--formats"):
-        ScoreConfig(inputs=("a",), output="o", model="m", formats=("xml",))
-    assert ScoreConfig(inputs=("a",), output="o", model="m", formats=("csv",)).formats[0] == "jsonl"
+        ScoreConfig(inputs=("a",), output="o", options=model, formats=("xml",))
+    assert ScoreConfig(inputs=("a",), output="o", options=model, formats=("csv",)).formats[0] == (
+        "jsonl"
+    )
     with pytest.raises(ConfigError, match="either"):
-        EvaluateConfig(output="o", inputs=("a",), scores="s", model="m")
+        EvaluateConfig(output="o", options=model, inputs=("a",), scores="s")
+    with pytest.raises(ConfigError, match="--min-batch-size"):
+        ScoringOptions(model="m", min_batch_size=8, max_batch_size=4)
+    with pytest.raises(ConfigError, match="host:port"):
+        ScoringOptions(model_endpoint="serving")
 
 
-def test_summary_document_is_json_ready() -> None:
-    doc = summary.summary_document(
-        summary.reconcile(["a"], ["a"], []),
-        MODEL,
-        inputs=["*.png"],
+def test_evaluation_derives_its_scoring_config_from_its_own() -> None:
+    options = ScoringOptions(model="m", max_pixels=99, min_batch_size=2, max_batch_size=3)
+    config = EvaluateConfig(output="o", options=options, inputs=("a/*.png",))
+    scoring = config.scoring()
+    assert scoring.options is options  # shared, not copied field by field
+    assert (scoring.inputs, scoring.output, scoring.formats) == (("a/*.png",), "o", ("jsonl",))
+
+
+def test_evaluate_flags_build_gate_limits_by_one_rule() -> None:
+    from beam_jobs import evaluate
+
+    config, _ = evaluate.parse_args(
+        [
+            "--scores",
+            "s",
+            "--output",
+            "o",
+            "--min-average-precision",
+            "0.7",
+            "--min-balanced-accuracy",
+            "0.6",
+            "--max-ece",
+            "0.2",
+            "--max-brier",
+            "0.3",
+        ]
+    )
+    assert config.evaluation.gate.minimums == {
+        "average_precision": 0.7,
+        "balanced_accuracy": 0.6,
+    }
+    assert config.evaluation.gate.maximums == {
+        "expected_calibration_error": 0.2,
+        "brier_score": 0.3,
+    }
+    with pytest.raises(ConfigError, match="--bootstrap"):
+        evaluate.parse_args(["--scores", "s", "--output", "o", "--bootstrap", "-1"])
+
+
+def test_summary_round_trips_through_json() -> None:
+    doc = summary.build_summary(
+        summary.reconcile(["/d/a.png"], ["/d/a.png"], []),
+        RunModel(name="histo-cnn", version=3, version_uri="/m/histo-cnn/3"),
+        inputs=["/d/*.png"],
         output="/o",
+        base="/d",
+        formats=["jsonl", "csv"],
         elapsed_s=2.0,
         counters={"images_read": 1},
         runner="FnApiRunner",
     )
-    again = json.loads(json.dumps(doc))
-    assert again["complete"] is True and again["images_per_s"] == 0.5
-    assert again["model"] == {"name": "histo-cnn", "version": 3, "uri": "/m/histo-cnn/3"}
+    again = Summary.from_json(json.dumps(json.loads(doc.to_json())))
+    assert again == doc
+    assert again.complete is True and again.images_per_s == 0.5 and again.base == "/d"
+    assert again.model.version_uri == "/m/histo-cnn/3" and again.model.endpoint is None
 
 
 def test_beam_flags_pass_through_to_pipeline_options() -> None:

@@ -33,7 +33,7 @@ def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys
     assert meta["training_data"]["split"] == "stratified"
     assert meta["training_data"]["folds"] == 3
     assert meta["training_config"]["epochs"] == 2
-    for key in ("auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy"):
+    for key in ("roc_auc", "accuracy", "sensitivity", "specificity", "balanced_accuracy"):
         assert key in meta["validation_metrics"]
     run = Path(meta["run_uri"])
     assert run == out / "runs" / "histo-cnn" / "1"

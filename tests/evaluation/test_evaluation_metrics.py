@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn import metrics as skm
 
-from beam_jobs import metrics
+from evaluation import metrics
 
 
 @pytest.fixture(params=[0, 1, 2])

@@ -13,7 +13,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from beam_jobs.metrics import ALL_METRICS
+from evaluation.metrics import ALL_METRICS
+from histo_common.layout import MetricsDocument
 
 METRIC_TITLES = {
     "accuracy": "Accuracy",
@@ -166,18 +167,19 @@ def _gallery_html(items: Sequence[GalleryItem]) -> str:
 
 
 def render_report(
-    metrics: dict[str, Any], plots: dict[str, bytes], gallery: Sequence[GalleryItem]
+    document: MetricsDocument, plots: dict[str, bytes], gallery: Sequence[GalleryItem]
 ) -> str:
     """Render the HTML report.
 
     Args:
-        metrics: the ``metrics.json`` document.
+        document: the evaluation's metrics document.
         plots: PNG bytes by plot name (``confusion_matrix``, ``roc``, ``pr``, ...).
         gallery: the most confident errors to show.
 
     Returns:
         A complete HTML document.
     """
+    metrics = document.to_dict()
     model = metrics["model"]
     counts = metrics["counts"]
     image_level = metrics["image_level"]
@@ -202,7 +204,7 @@ def render_report(
         f"<title>{_e(title)}</title><style>{_STYLE}</style></head><body>",
         f"<h1>{_e(title)}</h1>",
         f'<p class="disclaimer">{_e(metrics["disclaimer"])}</p>',
-        f"<p>Model <code>{_e(model.get('uri') or 'unknown')}</code>, threshold "
+        f"<p>Model <code>{_e(model.get('version_uri') or 'unknown')}</code>, threshold "
         f"{_num(model.get('threshold'))}. Generated {_e(metrics.get('generated_at', ''))}.</p>",
         f"<p>{counts['images']} images: {counts['scored']} scored, {counts['errors']} could not "
         f"be scored, {counts.get('labelled', 0)} labelled ({per_class}), "

@@ -2,8 +2,8 @@
 calibration curve and prediction histogram by class.
 
 Pure functions of labels and probabilities (matplotlib's Agg backend, no
-display); ``evaluation`` writes the PNGs under ``<output>/plots/`` and embeds
-them in the report.
+display); :mod:`evaluation.outputs` writes them where the run layout says
+(``histo_common.layout.PLOT_FILES``) and embeds them in the report.
 """
 
 from __future__ import annotations
@@ -13,13 +13,6 @@ from collections.abc import Sequence
 
 import numpy as np
 
-PLOT_FILES = {
-    "confusion_matrix": "plots/confusion_matrix.png",
-    "roc": "plots/roc.png",
-    "pr": "plots/precision_recall.png",
-    "calibration": "plots/calibration.png",
-    "histogram": "plots/prediction_histogram.png",
-}
 _FOOTNOTE = "Research use only"
 
 
