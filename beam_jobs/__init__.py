@@ -12,7 +12,10 @@ local paths alike (Beam's ``FileSystems``).
   plots, ``metrics.json``, a self-contained ``report.html`` and an optional
   promotion gate (``BLESSED`` / ``NOT_BLESSED`` beside the model version).
 
-Pure pieces (no Beam) live in ``stages``, ``labels``, ``metrics``, ``plots``,
-``report`` and ``gate``; the reusable Beam stages in ``transforms`` and the model
-handler for ``RunInference`` in ``model_handler``. Research use only.
+Every output name comes from ``histo_common.layout``; the metrics, plots, report
+and gate are the ``evaluation`` unit's, which ``evaluate`` only wires into Beam.
+Pure pieces (no Beam) live in ``stages``, ``labels`` and ``summary``; the
+reusable Beam stages in ``transforms`` and the model handler for
+``RunInference`` in ``model_handler``; the validated flags in ``config``.
+Research use only.
 """
