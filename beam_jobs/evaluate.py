@@ -137,10 +137,11 @@ def add_scoring_source(
 ) -> ScoreSource:
     """Score ``--input`` with the scoring job's stages (writing its outputs too)."""
     scoring = config.scoring()
-    plan = score.plan_scoring(scoring.inputs, scoring.options.model, scoring.options.model_endpoint)
-    require_some_label((m.uri for m in plan.matched), labels, "--input")
-    score.prepare_output(scoring.output, scoring.options.overwrite)
-    plan = score.write_plan(plan, scoring.output)
+
+    def some_labelled(plan: score.ScoringPlan) -> None:
+        require_some_label((m.uri for m in plan.matched), labels, "--input")
+
+    plan = score.start_scoring(scoring, check=some_labelled)
     scored = score.add_scoring(pipeline, scoring, plan)
     return ScoreSource(
         rows=scored["results"] | "RowsToDicts" >> beam.Map(ResultRow.to_dict),

@@ -17,7 +17,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -280,9 +280,18 @@ def write_plan(plan: ScoringPlan, output: str) -> ScoringPlan:
     return replace(plan, manifest=files.write_manifest(output, plan.matched))
 
 
-def start_scoring(config: ScoreConfig) -> ScoringPlan:
-    """Match the inputs, pin the model, clear or refuse the output, write the manifest."""
+def start_scoring(
+    config: ScoreConfig, check: Callable[[ScoringPlan], None] | None = None
+) -> ScoringPlan:
+    """Match the inputs, pin the model, clear or refuse the output, write the manifest.
+
+    Args:
+        config: the scoring run.
+        check: called with the plan before the output is touched (raise to stop).
+    """
     plan = plan_scoring(config.inputs, config.options.model, config.options.model_endpoint)
+    if check is not None:
+        check(plan)
     prepare_output(config.output, config.options.overwrite)
     return write_plan(plan, config.output)
 

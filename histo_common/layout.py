@@ -284,6 +284,32 @@ def _build(cls: type, data: dict[str, Any], source: str) -> Any:
     return cls(**{k: v for k, v in data.items() if k in names})
 
 
+class _JsonDocument:
+    """JSON text in and out for the run's documents (each defines ``from_dict``)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """The document as plain JSON-ready values."""
+        return asdict(self)  # type: ignore[call-overload]  # subclasses are dataclasses
+
+    def to_json(self) -> str:
+        """The document's file text."""
+        return json.dumps(self.to_dict(), indent=2)
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str) -> Any:
+        """Read the document back from parsed JSON."""
+        raise NotImplementedError
+
+    @classmethod
+    def from_json(cls, text: str, source: str = "document") -> Any:
+        """Parse the document's file text (see ``from_dict``).
+
+        Raises:
+            DocumentError: when it is not valid JSON or not a document this version reads.
+        """
+        return cls.from_dict(_parse(text, source), source)
+
+
 @dataclass(frozen=True)
 class RunModel:
     """The model a run used: name, integer version and where it lives."""
@@ -295,7 +321,7 @@ class RunModel:
 
 
 @dataclass(frozen=True)
-class Summary:
+class Summary(_JsonDocument):
     """``summary.json``: what a scoring run matched, wrote, and with which model.
 
     ``base`` is the folder every input sits under; overlay and heatmap paths are
@@ -322,14 +348,6 @@ class Summary:
     disclaimer: str = DISCLAIMER
     schema_version: int = SUMMARY_SCHEMA_VERSION
 
-    def to_dict(self) -> dict[str, Any]:
-        """The document as plain JSON-ready values."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """The text of ``summary.json``."""
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, data: Any, source: str = "summary.json") -> Summary:
         """Read a summary back.
@@ -343,11 +361,6 @@ class Summary:
             raise DocumentError(f"{source} lacks model")
         values = dict(data, model=_build(RunModel, model, f"{source} model"))
         return _build(cls, values, source)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "summary.json") -> Summary:
-        """Parse the text of ``summary.json`` (see :meth:`from_dict`)."""
-        return cls.from_dict(_parse(text, source), source)
 
 
 @dataclass(frozen=True)
@@ -400,7 +413,7 @@ class Blessing:
 
 
 @dataclass(frozen=True)
-class MetricsDocument:
+class MetricsDocument(_JsonDocument):
     """``metrics.json``: an evaluation's numbers, plots and gate verdict.
 
     A level (``image_level``, ``patient_level``) maps each metric name to
@@ -425,14 +438,6 @@ class MetricsDocument:
         entry = section.get(metric)
         return entry.get("value") if isinstance(entry, dict) else None
 
-    def to_dict(self) -> dict[str, Any]:
-        """The document as plain JSON-ready values."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """The text of ``metrics.json``."""
-        return json.dumps(self.to_dict(), indent=2)
-
     @classmethod
     def from_dict(cls, data: Any, source: str = "metrics.json") -> MetricsDocument:
         """Read a metrics document back.
@@ -455,8 +460,3 @@ class MetricsDocument:
             blessing=blessing,
         )
         return _build(cls, values, source)
-
-    @classmethod
-    def from_json(cls, text: str, source: str = "metrics.json") -> MetricsDocument:
-        """Parse the text of ``metrics.json`` (see :meth:`from_dict`)."""
-        return cls.from_dict(_parse(text, source), source)
