@@ -187,29 +187,29 @@ def load_scoring_run(run_uri: str) -> ScoringRun:
     Raises:
         DataError: when the folder holds none of a scoring run's files.
     """
-    files = RunLayout(run_uri)
-    result_files = storage.list_uris(files.results_pattern)
-    error_files = storage.list_uris(files.errors_pattern)
+    run = RunLayout(run_uri)
+    result_files = storage.list_uris(run.results_pattern)
+    error_files = storage.list_uris(run.errors_pattern)
     summary, problem = None, None
     try:
-        summary = read_summary(files)
-    except (DataError, DocumentError) as exc:
+        summary = read_summary(run)
+    except DocumentError as exc:
         problem = str(exc)
         logger.warning("%s", problem)
     if not result_files and not error_files and summary is None and problem is None:
         raise DataError(
-            f"{files.output} is not a scoring run: it has no {files.results_pattern}, "
-            f"{files.errors_pattern} or {files.summary}"
+            f"{run.output} is not a scoring run: it has no {run.results_pattern}, "
+            f"{run.errors_pattern} or {run.summary}"
         )
     results, bad_results = load_rows(result_files, RESULT_COLUMNS)
     errors, bad_errors = load_rows(error_files, ERROR_COLUMNS)
     if "probability" in results:
         results["probability"] = pd.to_numeric(results["probability"], errors="coerce")
     gradcams = tuple(
-        uri for uri in storage.list_uris(files.gradcam_dir) if uri.endswith(layout.GRADCAM_SUFFIX)
+        uri for uri in storage.list_uris(run.gradcam_dir) if uri.endswith(layout.GRADCAM_SUFFIX)
     )
     return ScoringRun(
-        uri=files.output,
+        uri=run.output,
         results=results,
         errors=errors,
         summary=summary,

@@ -163,7 +163,7 @@ def test_scoring_and_evaluation_through_the_gcs_emulator(
     assert doc["counts"]["images"] == 13 and doc["counts"]["errors"] == 1
     assert doc["counts"]["per_class"] == {"benign": 6, "malignant": 6}
     assert doc["patient_level"] is None  # synthetic names carry no patient id
-    assert doc["model"]["uri"] == f"{tiny_model_gcs}/1"
+    assert doc["model"]["version_uri"] == f"{tiny_model_gcs}/1"
     html = storage.read_text(f"{evaluated}/report.html")
     assert "Grad-CAM overlay" in html or "No misclassified images" in html
     for rel in doc["plots"].values():

@@ -164,7 +164,8 @@ def test_scoring_through_the_gcs_emulator(
     assert {r["uri"] for r in results} <= set(uploaded)
     assert all(r["model_version"] == 1 for r in results)
     summary = json.loads(storage.read_text(f"{output}/summary.json"))
-    assert summary["complete"] and summary["model"]["uri"] == f"{tiny_model_gcs}/1"
+    assert summary["complete"] and summary["model"]["version_uri"] == f"{tiny_model_gcs}/1"
+    assert summary["base"] == f"{gcs_bucket}/slides"
     overlays = storage.list_uris(f"{output}/gradcam/")
     assert len(overlays) == len(results)  # --gradcam without a top-N: every scored image
     assert f"{output}/gradcam/odd/scan.tif.gradcam.png" in overlays
