@@ -10,15 +10,6 @@ locals {
     build    = "histoscreen function build: turns the function source into a container."
   }
 
-  buckets = {
-    uploads         = google_storage_bucket.uploads.name
-    models          = google_storage_bucket.models.name
-    results         = google_storage_bucket.results.name
-    dataflow_temp   = google_storage_bucket.dataflow_temp.name
-    training_data   = google_storage_bucket.training_data.name
-    function_source = google_storage_bucket.function_source.name
-  }
-
   # Keys are static so for_each works before the accounts' emails are known.
   bucket_grants = {
     "function-reads-uploads" = { account = "function", bucket = "uploads", role = "roles/storage.objectViewer" }
@@ -60,7 +51,7 @@ resource "google_service_account" "pipeline" {
 resource "google_storage_bucket_iam_member" "pipeline" {
   for_each = local.bucket_grants
 
-  bucket = local.buckets[each.value.bucket]
+  bucket = google_storage_bucket.buckets[each.value.bucket].name
   role   = each.value.role
   member = "serviceAccount:${google_service_account.pipeline[each.value.account].email}"
 }
