@@ -17,7 +17,8 @@ locals {
 
   bucket_specs = { for key, spec in {
     # Uploaded images. The function is triggered here and writes <name>.gradcam.png,
-    # <name>.prediction.json and <name>.error.json beside each upload.
+    # <name>.prediction.json and <name>.error.json beside each upload; the stream
+    # hears of each new object through the notification in stream.tf.
     uploads = {
       purpose         = "uploads"
       versioned       = true

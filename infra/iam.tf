@@ -5,7 +5,7 @@
 locals {
   service_accounts = {
     function = "histoscreen function: reads uploads and models, writes results beside each upload."
-    dataflow = "histoscreen Dataflow workers: read uploads and models, write results and temp files."
+    dataflow = "histoscreen Dataflow workers: read uploads, models and the uploads-stream subscription, write results and temp files."
     training = "histoscreen training job: reads training data, writes versioned SavedModels."
     build    = "histoscreen function build: turns the function source into a container."
   }
@@ -65,7 +65,9 @@ resource "google_project_iam_member" "pipeline" {
 }
 
 # The Cloud Storage service agent publishes object-finalize events to the Pub/Sub
-# topic behind the function's Eventarc trigger.
+# topic behind the function's Eventarc trigger. Eventarc creates that topic itself,
+# so the grant cannot be narrower; the stream's own topic has its own grant in
+# stream.tf.
 resource "google_project_iam_member" "gcs_publishes_events" {
   project = var.project_id
   role    = "roles/pubsub.publisher"

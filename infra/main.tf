@@ -1,6 +1,7 @@
 # histoscreen on Google Cloud: the root module. Buckets are in buckets.tf, service
 # accounts and their grants in iam.tf, the two functions in function.tf, the image
-# registry and the training job in training.tf. Names here are the names
+# registry and the training job in training.tf, the upload stream (notification,
+# Pub/Sub, the Dataflow job's launch) in stream.tf. Names here are the names
 # the Python code reads (see the project's ARCHITECTURE.md).
 
 provider "google" {

@@ -1,5 +1,19 @@
 # What the other units need to find the deployed pipeline, and commands ready to paste.
 
+locals {
+  # The Dataflow flags both Beam jobs are launched with: the workers run as the
+  # dataflow account, in the Beam SDK image from Artifact Registry.
+  dataflow_options = join(" ", [
+    "--runner DataflowRunner",
+    "--project ${var.project_id}",
+    "--region ${var.region}",
+    "--temp_location gs://${google_storage_bucket.buckets["dataflow_temp"].name}/tmp",
+    "--staging_location gs://${google_storage_bucket.buckets["dataflow_temp"].name}/staging",
+    "--service_account_email ${google_service_account.pipeline["dataflow"].email}",
+    "--sdk_container_image ${local.dataflow_image}",
+  ])
+}
+
 output "bucket_names" {
   description = "Bucket names by role."
   value       = { for key, bucket in google_storage_bucket.buckets : key => bucket.name }
@@ -86,12 +100,31 @@ output "score_command" {
     "--input 'gs://${google_storage_bucket.buckets["uploads"].name}/**.png'",
     "--model ${local.model_uri}",
     "--output gs://${google_storage_bucket.buckets["results"].name}/run1/",
-    "--runner DataflowRunner",
-    "--project ${var.project_id}",
-    "--region ${var.region}",
-    "--temp_location gs://${google_storage_bucket.buckets["dataflow_temp"].name}/tmp",
-    "--staging_location gs://${google_storage_bucket.buckets["dataflow_temp"].name}/staging",
-    "--service_account_email ${google_service_account.pipeline["dataflow"].email}",
-    "--sdk_container_image ${local.dataflow_image}",
+    local.dataflow_options,
+  ])
+}
+
+output "uploads_topic" {
+  description = "The Pub/Sub topic the uploads bucket notifies of each finalized object (JSON API payload)."
+  value       = google_pubsub_topic.uploads.id
+}
+
+output "stream_subscription" {
+  description = "The subscription the streaming job reads, as its --subscription flag takes it."
+  value       = google_pubsub_subscription.uploads_stream.id
+}
+
+output "stream_command" {
+  description = "Launch the streaming scoring job on Dataflow; it scores every image finalized in the uploads bucket from then on (and up to stream_message_retention_days of backlog)."
+  value = join(" ", [
+    "python -m beam_jobs.stream",
+    "--subscription ${google_pubsub_subscription.uploads_stream.id}",
+    "--model ${local.model_uri}",
+    "--output gs://${google_storage_bucket.buckets["results"].name}/stream",
+    "--model-poll-seconds ${var.stream_model_poll_seconds}",
+    "--streaming",
+    "--enable_streaming_engine",
+    "--job_name ${var.name_prefix}-stream",
+    local.dataflow_options,
   ])
 }

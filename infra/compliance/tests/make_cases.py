@@ -62,6 +62,10 @@ AUTHORITATIVE = "Project IAM is only ever added to, never replaced"
 LABEL = "Resources carry the <key> label"
 PUBLIC_INVOKER = "Nobody outside the project can invoke a function through <invoker_resource>"
 INTERNAL_ONLY = "The upload-triggered function accepts internal traffic only"
+NOTIFY_FINALIZE = "Upload notifications are sent for new objects only"
+NOTIFY_JSON = "Upload notifications carry the object's JSON API resource"
+PUBSUB_PROJECT = "Project-level Pub/Sub roles go to the Cloud Storage service agent alone"
+TOPIC_PUBLISH_ONLY = "Grants on a topic only let it be published to"
 
 
 def ref(*references: str) -> dict[str, list[str]]:
@@ -338,6 +342,96 @@ def function(entry_point: str, ingress: str, labels: dict | None) -> Resource:
     )
 
 
+TOPIC = "google_pubsub_topic.uploads"
+SUBSCRIPTION = "google_pubsub_subscription.uploads_stream"
+NOTIFICATION = "google_storage_notification.uploads"
+GCS_AGENT_REF = resource_ref("data.google_storage_project_service_account.gcs", "email_address")
+STREAM_READER_ROLES = ("roles/pubsub.subscriber", "roles/pubsub.viewer")
+
+
+def stream_resources(labels: dict[str, str], kms_key: str | None) -> list[Resource]:
+    """The resources of stream.tf: topic, notification, subscription and their grants.
+
+    Ids of new Pub/Sub resources are known only after apply, so every reference to
+    the topic or the subscription is unknown in the plan.
+    """
+    topic_id = resource_ref(TOPIC, "id")
+    return [
+        Resource(
+            "google_pubsub_topic",
+            "uploads",
+            labelled({"name": f"{PREFIX}-uploads", "kms_key_name": kms_key}, labels),
+            {"id": True},
+            {
+                "name": ref("var.name_prefix"),
+                "labels": ref("local.labels"),
+                "kms_key_name": ref("var.kms_key_name"),
+            },
+        ),
+        iam(
+            "google_pubsub_topic_iam_member",
+            "gcs_publishes_uploads",
+            "roles/pubsub.publisher",
+            f"serviceAccount:{GCS_AGENT}",
+            unknown={"topic": True},
+            expressions={"topic": topic_id, "member": GCS_AGENT_REF},
+        ),
+        Resource(
+            "google_storage_notification",
+            "uploads",
+            {
+                "bucket": f"{PREFIX}-uploads",
+                "payload_format": "JSON_API_V1",
+                "event_types": ["OBJECT_FINALIZE"],
+                "custom_attributes": None,
+                "object_name_prefix": None,
+            },
+            {"id": True, "notification_id": True, "self_link": True, "topic": True},
+            {
+                "bucket": resource_ref(UPLOADS, "name"),
+                "topic": topic_id,
+                "payload_format": const("JSON_API_V1"),
+                "event_types": const(["OBJECT_FINALIZE"]),
+            },
+        ),
+        Resource(
+            "google_pubsub_subscription",
+            "uploads_stream",
+            labelled(
+                {
+                    "name": f"{PREFIX}-uploads-stream",
+                    "ack_deadline_seconds": 60,
+                    "message_retention_duration": "604800s",
+                    "expiration_policy": [{"ttl": ""}],
+                },
+                labels,
+            ),
+            {"id": True, "topic": True},
+            {
+                "name": ref("var.name_prefix"),
+                "topic": topic_id,
+                "labels": ref("local.labels"),
+                "message_retention_duration": ref("var.stream_message_retention_days"),
+            },
+        ),
+        *(
+            iam(
+                "google_pubsub_subscription_iam_member",
+                "dataflow_reads_uploads",
+                role,
+                index=role,
+                unknown={"subscription": True},
+                iteration={"for_each_expression": const(list(STREAM_READER_ROLES))},
+                expressions={
+                    "subscription": resource_ref(SUBSCRIPTION, "id"),
+                    "member": sa_ref("dataflow"),
+                },
+            )
+            for role in STREAM_READER_ROLES
+        ),
+    ]
+
+
 def training_job(labels: dict[str, str]) -> Resource:
     """The google_cloud_run_v2_job of training.tf."""
     container = {
@@ -463,11 +557,7 @@ def base_resources(
             "roles/pubsub.publisher",
             f"serviceAccount:{GCS_AGENT}",
             project=PROJECT,
-            expressions={
-                "member": resource_ref(
-                    "data.google_storage_project_service_account.gcs", "email_address"
-                )
-            },
+            expressions={"member": GCS_AGENT_REF},
         ),
         *(
             Resource(
@@ -517,6 +607,7 @@ def base_resources(
         ),
         training_job(labels),
         function("on_upload", "ALLOW_INTERNAL_ONLY", labels),
+        *stream_resources(labels, kms_key),
         iam(
             "google_cloud_run_v2_service_iam_member",
             "on_upload_trigger_invoker",
@@ -641,6 +732,8 @@ VARIABLES: dict[str, Any] = {
     "deploy_http_function": True,
     "http_function_invokers": [INVOKER],
     "http_function_ingress": "ALLOW_INTERNAL_ONLY",
+    "stream_message_retention_days": 7,
+    "stream_model_poll_seconds": 60,
 }
 
 
@@ -886,6 +979,78 @@ FAILING: dict[str, FailingCase] = {
         (INTERNAL_ONLY,),
         (f"ingress_settings property in {ON_UPLOAD}", "It is set to ALLOW_ALL"),
     ),
+    "notification_every_event_type": FailingCase(
+        "uploads notification without event_types, so sent for deletes and metadata updates too",
+        (set_value(NOTIFICATION, "event_types", None),),
+        (NOTIFY_FINALIZE,),
+        (f"event_types property in {NOTIFICATION}", "It is set to None"),
+    ),
+    "notification_delete_events": FailingCase(
+        'uploads notification with event_types = ["OBJECT_FINALIZE", "OBJECT_DELETE"]',
+        (set_value(NOTIFICATION, "event_types", ["OBJECT_FINALIZE", "OBJECT_DELETE"]),),
+        (NOTIFY_FINALIZE,),
+        (f"event_types property in {NOTIFICATION}", "It is set to OBJECT_DELETE"),
+    ),
+    "notification_without_payload": FailingCase(
+        'uploads notification with payload_format = "NONE": no object resource to parse',
+        (set_value(NOTIFICATION, "payload_format", "NONE"),),
+        (NOTIFY_JSON,),
+        (f"payload_format property in {NOTIFICATION}", "It is set to NONE"),
+    ),
+    "dataflow_project_pubsub_subscriber": FailingCase(
+        "Dataflow account given roles/pubsub.subscriber on the whole project",
+        (
+            add_resource(
+                iam(
+                    "google_project_iam_member",
+                    "pipeline",
+                    "roles/pubsub.subscriber",
+                    project=PROJECT,
+                    index="dataflow-subscribes",
+                    iteration={"for_each_expression": ref("local.project_grants")},
+                    expressions={"member": ref(SA, "each.value.account", "each.value")},
+                )
+            ),
+        ),
+        (PUBSUB_PROJECT,),
+        ('member property in google_project_iam_member.pipeline["dataflow-subscribes"]',),
+    ),
+    "topic_subscriber_grant": FailingCase(
+        "Dataflow account given roles/pubsub.subscriber on the topic (every subscription of it)",
+        (
+            add_resource(
+                iam(
+                    "google_pubsub_topic_iam_member",
+                    "dataflow_subscribes",
+                    "roles/pubsub.subscriber",
+                    unknown={"topic": True},
+                    expressions={"topic": resource_ref(TOPIC, "id"), "member": sa_ref("dataflow")},
+                )
+            ),
+        ),
+        (TOPIC_PUBLISH_ONLY,),
+        (
+            "role property in google_pubsub_topic_iam_member.dataflow_subscribes",
+            "It is set to roles/pubsub.subscriber",
+        ),
+    ),
+    "topic_publisher_all_users": FailingCase(
+        "anyone on the internet may publish fake upload notifications to the topic",
+        (
+            add_resource(
+                iam(
+                    "google_pubsub_topic_iam_member",
+                    "public_publish",
+                    "roles/pubsub.publisher",
+                    "allUsers",
+                    unknown={"topic": True},
+                    expressions={"topic": resource_ref(TOPIC, "id")},
+                )
+            ),
+        ),
+        (PUBLIC_MEMBER,),
+        ("member property in google_pubsub_topic_iam_member.public_publish", ALL_USERS_RE),
+    ),
 }
 
 # Scenarios that must run (not be skipped) and pass on every passing case, so a
@@ -899,6 +1064,10 @@ ALWAYS_RUN = (
     PRIMITIVE,
     LABEL,
     INTERNAL_ONLY,
+    NOTIFY_FINALIZE,
+    NOTIFY_JSON,
+    PUBSUB_PROJECT,
+    TOPIC_PUBLISH_ONLY,
 )
 # predict_http's invoker is the only function invoker whose member is known at plan time.
 ALSO_RUN = {"default": (PUBLIC_INVOKER,), "with_kms_key_and_extra_labels": (PUBLIC_INVOKER,)}
