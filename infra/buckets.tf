@@ -6,14 +6,15 @@
 # <name_prefix>-<key with "-" for "_"> (local.bucket_names in main.tf).
 
 locals {
-  # What a spec leaves out. *_days null: no such lifecycle rule.
+  # What a spec leaves out.
   bucket_defaults = {
-    versioned           = false
-    noncurrent_days     = null # delete overwritten or deleted versions after this many days
-    nearline_after_days = null # move objects to NEARLINE after this many days
-    delete_after_days   = null # delete objects after this many days
-    access_logged       = true # usage logs go to the access-logs bucket
+    versioned       = false
+    lifecycle_rules = []
+    access_logged   = true # usage logs go to the access-logs bucket
   }
+  # A lifecycle rule acts on objects older than age days, or on versions noncurrent
+  # for noncurrent_days; it moves them to storage_class, or deletes them when null.
+  lifecycle_rule_defaults = { age = null, noncurrent_days = null, storage_class = null }
 
   bucket_specs = { for key, spec in {
     # Uploaded images. The function is triggered here and writes <name>.gradcam.png,
@@ -22,32 +23,34 @@ locals {
     uploads = {
       purpose         = "uploads"
       versioned       = true
-      noncurrent_days = var.noncurrent_version_retention_days
+      lifecycle_rules = [{ noncurrent_days = var.noncurrent_version_retention_days }]
     }
     # SavedModels at gs://<prefix>-models/<model_name>/<integer version>/, the contract
     # read by Beam, the function and the app. Versioning keeps a replaced model.
     models = {
       purpose         = "models"
       versioned       = true
-      noncurrent_days = var.noncurrent_version_retention_days
+      lifecycle_rules = [{ noncurrent_days = var.noncurrent_version_retention_days }]
     }
     # Beam outputs: <output>/results/, errors/, report.html, metrics.json. They can be
     # regenerated from the models and the inputs, so they age out instead of being versioned.
     results = {
-      purpose             = "results"
-      nearline_after_days = var.results_nearline_after_days
-      delete_after_days   = var.results_delete_after_days
+      purpose = "results"
+      lifecycle_rules = [
+        { age = var.results_nearline_after_days, storage_class = "NEARLINE" },
+        { age = var.results_delete_after_days },
+      ]
     }
     # Dataflow temp and staging files: scratch space, deleted after a few days.
     dataflow_temp = {
-      purpose           = "dataflow-scratch"
-      delete_after_days = var.dataflow_temp_retention_days
+      purpose         = "dataflow-scratch"
+      lifecycle_rules = [{ age = var.dataflow_temp_retention_days }]
     }
     # Labelled training images read by the training job.
     training_data = {
       purpose         = "training-data"
       versioned       = true
-      noncurrent_days = var.noncurrent_version_retention_days
+      lifecycle_rules = [{ noncurrent_days = var.noncurrent_version_retention_days }]
     }
     # Zipped function source. Object names carry the zip's MD5, so each object is
     # written once and a new zip redeploys the functions.
@@ -57,9 +60,9 @@ locals {
     # Cloud Storage usage and storage logs of the buckets above. It does not log to
     # itself (see the CKV_GCP_62 waiver in .checkov.yaml).
     access_logs = {
-      purpose           = "access-logs"
-      delete_after_days = var.access_log_retention_days
-      access_logged     = false
+      purpose         = "access-logs"
+      lifecycle_rules = [{ age = var.access_log_retention_days }]
+      access_logged   = false
     }
   } : key => merge(local.bucket_defaults, spec) }
 }
@@ -82,38 +85,15 @@ resource "google_storage_bucket" "buckets" {
   }
 
   dynamic "lifecycle_rule" {
-    for_each = each.value.noncurrent_days == null ? [] : [each.value.noncurrent_days]
+    for_each = [for rule in each.value.lifecycle_rules : merge(local.lifecycle_rule_defaults, rule)]
     content {
       condition {
-        days_since_noncurrent_time = lifecycle_rule.value
+        age                        = lifecycle_rule.value.age
+        days_since_noncurrent_time = lifecycle_rule.value.noncurrent_days
       }
       action {
-        type = "Delete"
-      }
-    }
-  }
-
-  dynamic "lifecycle_rule" {
-    for_each = each.value.nearline_after_days == null ? [] : [each.value.nearline_after_days]
-    content {
-      condition {
-        age = lifecycle_rule.value
-      }
-      action {
-        type          = "SetStorageClass"
-        storage_class = "NEARLINE"
-      }
-    }
-  }
-
-  dynamic "lifecycle_rule" {
-    for_each = each.value.delete_after_days == null ? [] : [each.value.delete_after_days]
-    content {
-      condition {
-        age = lifecycle_rule.value
-      }
-      action {
-        type = "Delete"
+        type          = lifecycle_rule.value.storage_class == null ? "Delete" : "SetStorageClass"
+        storage_class = lifecycle_rule.value.storage_class
       }
     }
   }
@@ -138,10 +118,7 @@ resource "google_storage_bucket" "buckets" {
 
   lifecycle {
     precondition {
-      condition = (
-        each.value.nearline_after_days == null || each.value.delete_after_days == null
-        ? true : each.value.delete_after_days > each.value.nearline_after_days
-      )
+      condition     = each.key != "results" || var.results_delete_after_days > var.results_nearline_after_days
       error_message = "results_delete_after_days must be greater than results_nearline_after_days."
     }
   }
