@@ -89,8 +89,6 @@ def resource_ref(address: str, attribute: str) -> dict[str, list[str]]:
 
 BUCKETS = "google_storage_bucket.buckets"
 FUNCTIONS = "google_cloudfunctions2_function.functions"
-
-
 ON_UPLOAD = f'{FUNCTIONS}["on_upload"]'
 
 
@@ -156,14 +154,16 @@ def lifecycle_rule(action: str, storage_class: str = "", **condition: Any) -> di
 
 
 def bucket(role: str, versioned: bool, rules: list[dict], logged: bool = True, **kw: Any):
-    """One instance of buckets.tf's google_storage_bucket.buckets (kw: kms_key, labels).
+    """One instance of buckets.tf's google_storage_bucket.buckets.
+
+    kw: kms_key, labels, purpose (the purpose label when it is not the role).
 
     The bucket blocks are one for_each over local.bucket_specs, so every instance
     shares one configuration block; versioning, logging, lifecycle rules and
     encryption are dynamic blocks, which terraform does not list among expressions.
     """
     key = role.replace("-", "_")
-    purpose = "dataflow-scratch" if role == "dataflow-temp" else role
+    purpose = kw.get("purpose", role)
     values = {
         "name": f"{PREFIX}-{role}",
         "location": REGION.upper(),
@@ -485,7 +485,13 @@ def base_resources(
         bucket("models", True, [keep_noncurrent_90_days], **common),
         bucket("training-data", True, [keep_noncurrent_90_days], **common),
         bucket("results", False, nearline_30_delete_365, **common),
-        bucket("dataflow-temp", False, [lifecycle_rule("Delete", age=7)], **common),
+        bucket(
+            "dataflow-temp",
+            False,
+            [lifecycle_rule("Delete", age=7)],
+            purpose="dataflow-scratch",
+            **common,
+        ),
         bucket("function-source", False, [], **common),
         bucket("access-logs", False, [lifecycle_rule("Delete", age=90)], logged=False, **common),
         iam(
