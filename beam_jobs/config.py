@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+from model_export.contract import DEFAULT_MODEL_NAME, MODEL_NAME_RE
 
 RESULT_FORMATS = ("jsonl", "csv", "parquet")
 DEFAULT_FORMATS = ("jsonl", "csv", "parquet")
@@ -29,6 +30,7 @@ class ScoreConfig:
         model: model root (latest version) or version URI; with ``model_endpoint``
             it only names the model in the rows.
         model_endpoint: ``host:port`` of TensorFlow Serving, to score there instead.
+        serving_model_name: the served model's name when only ``model_endpoint`` is given.
         gradcam: write Grad-CAM overlays.
         gradcam_top: only for the N most suspicious images (None: every image).
         formats: result formats; ``jsonl`` is always written.
@@ -44,6 +46,7 @@ class ScoreConfig:
     output: str
     model: str | None = None
     model_endpoint: str | None = None
+    serving_model_name: str = DEFAULT_MODEL_NAME
     gradcam: bool = False
     gradcam_top: int | None = None
     formats: tuple[str, ...] = DEFAULT_FORMATS
@@ -64,6 +67,7 @@ class ScoreConfig:
             raise ConfigError("give --model (a model root or version) or --model-endpoint")
         if self.model_endpoint and ":" not in self.model_endpoint:
             raise ConfigError(f"--model-endpoint {self.model_endpoint!r} must be host:port")
+        _check_serving_name(self.serving_model_name)
         unknown = set(self.formats) - set(RESULT_FORMATS)
         if unknown:
             raise ConfigError(f"--formats: unknown {sorted(unknown)}; choose from {RESULT_FORMATS}")
@@ -118,6 +122,7 @@ class EvaluateConfig:
     scores: str | None = None
     model: str | None = None
     model_endpoint: str | None = None
+    serving_model_name: str = DEFAULT_MODEL_NAME
     labels: str | None = None
     gate: GateConfig = field(default_factory=GateConfig)
     bootstrap: int = 1000
@@ -136,9 +141,18 @@ class EvaluateConfig:
             raise ConfigError("give either --input (to score) or --scores (a scoring output)")
         if self.inputs and not (self.model or self.model_endpoint):
             raise ConfigError("scoring with --input needs --model or --model-endpoint")
+        _check_serving_name(self.serving_model_name)
         if not self.output.strip():
             raise ConfigError("--output must name a folder")
         if self.bootstrap < 0:
             raise ConfigError("--bootstrap must be 0 (no intervals) or more")
         if self.gallery_size < 0:
             raise ConfigError("--gallery-size must be 0 or more")
+
+
+def _check_serving_name(name: str) -> None:
+    """Refuse a ``--serving-model-name`` TF Serving could not be serving."""
+    if not MODEL_NAME_RE.match(name):
+        raise ConfigError(
+            f"--serving-model-name {name!r} is not a model name (letters, digits, '_.-')"
+        )

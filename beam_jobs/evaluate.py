@@ -27,9 +27,10 @@ from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import evaluation, files, gate, score, summary
 from beam_jobs.config import ConfigError, EvaluateConfig, GateConfig, ScoreConfig
-from beam_jobs.labels import LabelsError, read_labels_csv, require_some_label
+from histo_common.labels import LabelsError, by_uri, read_labels_csv, require_some_label
 from histo_common.results import ResultRow
-from model_export.loader import ModelLoadError, resolve_version
+from model_export.contract import DEFAULT_CLASS_NAMES as CLASS_NAMES
+from model_export.identity import ModelLoadError, resolve_version
 
 logger = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[EvaluateConfig, list[str]]:
         scores=args.scores,
         model=args.model,
         model_endpoint=args.model_endpoint,
+        serving_model_name=args.serving_model_name,
         labels=args.labels,
         gate=GateConfig(minimums=minimums, maximums=maximums),
         bootstrap=args.bootstrap,
@@ -133,6 +135,7 @@ def add_scoring_source(
         output=config.output,
         model=config.model,
         model_endpoint=config.model_endpoint,
+        serving_model_name=config.serving_model_name,
         formats=("jsonl",),
         max_pixels=config.max_pixels,
         max_bytes=config.max_bytes,
@@ -140,8 +143,10 @@ def add_scoring_source(
         max_batch_size=config.max_batch_size,
         large_model=config.large_model,
     )
-    plan = score.plan_scoring(config.inputs, config.model, config.model_endpoint)
-    require_some_label((m.uri for m in plan.matched), labels, "--input")
+    plan = score.plan_scoring(
+        config.inputs, config.model, config.model_endpoint, config.serving_model_name
+    )
+    require_some_label((m.uri for m in plan.matched), CLASS_NAMES, labels, "--input")
     score.prepare_output(config.output, config.overwrite)
     plan = score.write_plan(plan, config.output)
     scored = score.add_scoring(pipeline, score_config, plan)
@@ -163,7 +168,7 @@ def add_existing_scores(
     if not files.list_files(results):
         raise files.InputError(f"no results/*.jsonl under --scores {config.scores}")
     require_some_label(
-        (row["uri"] for row in files.read_json_lines(results)), labels, config.scores
+        (row["uri"] for row in files.read_json_lines(results)), CLASS_NAMES, labels, config.scores
     )
     rows = (
         pipeline
@@ -199,7 +204,7 @@ def run(
     """
     config, pipeline_args = parse_args(argv)
     started = time.monotonic()
-    labels = read_labels_csv(config.labels) if config.labels else None
+    labels = by_uri(read_labels_csv(config.labels, CLASS_NAMES)) if config.labels else None
     pipeline = test_pipeline or beam.Pipeline(options=score.pipeline_options(pipeline_args))
     if config.inputs:
         scores = add_scoring_source(pipeline, config, labels)

@@ -21,10 +21,14 @@ import numpy as np
 
 from beam_jobs import files, gate, metrics, plots, stages
 from beam_jobs.config import GateConfig
-from beam_jobs.labels import CLASS_NAMES, TrueLabel, read_labels_csv, true_label
 from beam_jobs.report import GalleryItem, render_report
 from histo_common import DISCLAIMER
+from histo_common.errors import one_line
+from histo_common.labels import LabelledImage, by_uri, read_labels_csv, true_label
+from histo_common.overlay import load_rgb, overlay_png, upscale_for_display
 from histo_common.results import utc_now
+from model_export.contract import DEFAULT_CLASS_NAMES as CLASS_NAMES
+from model_export.contract import DEFAULT_POSITIVE_CLASS
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +66,12 @@ class LabelledScore:
 
 
 def label_rows(
-    rows: Sequence[dict[str, Any]], labels: dict[str, TrueLabel] | None
+    rows: Sequence[dict[str, Any]], labels: dict[str, LabelledImage] | None
 ) -> tuple[list[LabelledScore], list[str]]:
     """Join result rows with their true labels; return the labelled and the unlabelled URIs."""
     labelled, unlabelled = [], []
     for row in rows:
-        truth = true_label(row["uri"], labels)
+        truth = true_label(row["uri"], CLASS_NAMES, labels)
         if truth is None:
             unlabelled.append(row["uri"])
             continue
@@ -110,15 +114,12 @@ def most_confident_errors(scores: Sequence[LabelledScore], n: int) -> list[Label
     return wrong[:n]
 
 
-def _plain_png(data: bytes, side: int = 256) -> bytes:
+def _plain_png(data: bytes) -> bytes:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = img.convert("RGB")
-        scale = max(1, side // max(1, min(rgb.size)))
-        out = io.BytesIO()
-        rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST).save(out, format="PNG")
-        return out.getvalue()
+    out = io.BytesIO()
+    Image.fromarray(upscale_for_display(load_rgb(data))).save(out, format="PNG")
+    return out.getvalue()
 
 
 def build_gallery(
@@ -132,24 +133,29 @@ def build_gallery(
                 score.uri, files.read_file(score.uri), max_pixels=max_pixels, max_bytes=max_bytes
             )
         except Exception as exc:  # a gallery image that vanished is left out, not fatal
-            logger.warning("Gallery skips %s: %s", score.uri, stages.one_line(exc))
+            logger.warning("Gallery skips %s: %s", score.uri, one_line(exc))
             continue
         if isinstance(checked, stages.CheckedImage):
             images.append((score, checked))
     explanations = None
+    positive_class = DEFAULT_POSITIVE_CLASS
     if model_uri and images:
         try:
             from model_export.loader import load_model
 
             model = load_model(model_uri)
+            positive_class = model.metadata.positive_class
             explanations = model.explain([c.data for _, c in images])
         except Exception as exc:  # no overlays is better than no report
-            logger.warning("Gallery without Grad-CAM (%s): %s", model_uri, stages.one_line(exc))
+            logger.warning("Gallery without Grad-CAM (%s): %s", model_uri, one_line(exc))
     items = []
     for i, (score, checked) in enumerate(images):
         if explanations is not None:
-            png = stages.overlay_png(
-                checked.data, explanations[i].prediction, explanations[i].heatmap
+            png = overlay_png(
+                checked.data,
+                explanations[i].prediction,
+                explanations[i].heatmap,
+                positive_class=positive_class,
             )
         else:
             png = _plain_png(checked.data)
@@ -191,7 +197,9 @@ def metrics_document(
     rows: Sequence[dict[str, Any]], n_errors: int, settings: EvaluationSettings
 ) -> tuple[dict[str, Any], list[LabelledScore]]:
     """The ``metrics.json`` document (without plots written) and the labelled scores."""
-    labels = read_labels_csv(settings.labels_csv) if settings.labels_csv else None
+    labels = (
+        by_uri(read_labels_csv(settings.labels_csv, CLASS_NAMES)) if settings.labels_csv else None
+    )
     scores, unlabelled = label_rows(rows, labels)
     if unlabelled:
         logger.warning(

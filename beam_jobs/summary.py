@@ -16,9 +16,9 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from beam_jobs import files
-from beam_jobs.stages import ModelIdentity
 from histo_common import DISCLAIMER
 from histo_common.results import utc_now
+from model_export.identity import ModelIdentity
 
 logger = logging.getLogger(__name__)
 
