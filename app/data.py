@@ -67,12 +67,6 @@ def pick_random_image(uris: Sequence[str], rng: random.Random | None = None) -> 
     return (rng or random.Random()).choice(list(uris))
 
 
-def folder_class(uri: str, class_names: Sequence[str]) -> str | None:
-    """The class named by the image's folder (``.../malignant/x.png``), if it is one."""
-    name = storage.basename(storage.parent(uri))
-    return name if name in class_names else None
-
-
 # ----------------------------------------------------------------- scoring runs
 
 

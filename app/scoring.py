@@ -3,9 +3,11 @@
 The upload page and the run browser hand :func:`score_images` ``(name, bytes)``
 pairs. Each file is checked with ``histo_common.images`` first, so a bad upload
 becomes one clear reason instead of a TensorFlow error; the rest go to the
-loaded model (the SavedModel contract, the same one the function and the bulk
-job use) in one batch, and one by one if that batch fails. Drawing uses
-``histo_common.overlay`` so overlays look the same everywhere.
+loaded model through :func:`model_export.scoring.score_batch`, the scoring
+function (and error policy) the function and the bulk job use too: an image the
+model refuses fails alone, with its reason; a model that fails is an error for
+the page, not a verdict on the images. Drawing uses ``histo_common.overlay`` so
+overlays look the same everywhere.
 """
 
 from __future__ import annotations
@@ -16,28 +18,31 @@ from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
-from PIL import Image
 
 from histo_common import images, overlay
 from histo_common.results import Prediction
+from model_export import contract
+from model_export.identity import ModelIdentity
+from model_export.scoring import score_batch
 
 logger = logging.getLogger(__name__)
 
-DISPLAY_MIN_SIDE = overlay.MIN_SIDE  # draw tiny patches as large as their overlay
 
-
-class ExplainResult(Protocol):
-    """What ``LoadedModel.explain`` returns per image."""
-
-    prediction: Prediction
-    heatmap: np.ndarray
-
-
-class Explainer(Protocol):
+class ScoringModel(Protocol):
     """The part of ``model_export.loader.LoadedModel`` the app scores with."""
 
-    def explain(self, images: Sequence[bytes]) -> Sequence[ExplainResult]:
-        """Score encoded images and return predictions with Grad-CAM heatmaps."""
+    @property
+    def identity(self) -> ModelIdentity:
+        """Name, version and URI of the model."""
+        ...
+
+    @property
+    def metadata(self) -> contract.ModelMetadata:
+        """The model's metadata (its positive class names the probability)."""
+        ...
+
+    def run(self, signature: str, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Call a signature on a batch of encoded images."""
         ...
 
 
@@ -50,6 +55,7 @@ class ScoredImage:
     heatmap: np.ndarray  # [S, S] in [0, 1]
     image: np.ndarray  # H x W x 3 uint8, the original for display
     info: images.ImageInfo
+    positive_class: str  # the class the probability is of (the model's metadata)
 
 
 @dataclass(frozen=True)
@@ -63,20 +69,18 @@ class FailedImage:
 Outcome = ScoredImage | FailedImage
 
 
-def _one_line(exc: BaseException) -> str:
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
-def score_images(model: Explainer, items: Sequence[tuple[str, bytes]]) -> list[Outcome]:
+def score_images(model: ScoringModel, items: Sequence[tuple[str, bytes]]) -> list[Outcome]:
     """Check and score ``(name, encoded bytes)`` pairs; one outcome per pair, in order.
 
     Args:
-        model: a loaded model (``LoadedModel``) or anything with ``explain``.
+        model: a loaded model (``LoadedModel``).
         items: file names (or URIs) with their encoded bytes.
 
     Returns:
         A :class:`ScoredImage` or a :class:`FailedImage` for each input.
+
+    Raises:
+        Exception: when the model itself fails (see ``model_export.scoring``).
     """
     outcomes: dict[int, Outcome] = {}
     ready: list[tuple[int, bytes, images.ImageInfo]] = []
@@ -88,63 +92,44 @@ def score_images(model: Explainer, items: Sequence[tuple[str, bytes]]) -> list[O
             outcomes[index] = FailedImage(name, str(exc))
             continue
         ready.append((index, prepared, info))
-    explained = _explain_each(model, [p for _, p, _ in ready], [items[i][0] for i, _, _ in ready])
-    for (index, prepared, info), result in zip(ready, explained, strict=True):
+    scored = score_batch(
+        model,
+        [prepared for _, prepared, _ in ready],
+        model.identity,
+        signature=contract.EXPLAIN_SIGNATURE,
+    )
+    positive_class = model.metadata.positive_class
+    for (index, prepared, info), result in zip(ready, scored, strict=True):
         name = items[index][0]
-        if isinstance(result, str):
-            outcomes[index] = FailedImage(name, result)
+        if result.prediction is None or result.heatmap is None:
+            logger.warning("Model could not score %s: %s", name, result.error)
+            outcomes[index] = FailedImage(
+                name, f"the model could not read this image: {result.error}"
+            )
             continue
         outcomes[index] = ScoredImage(
             name=name,
             prediction=result.prediction,
-            heatmap=np.asarray(result.heatmap, dtype=np.float32),
+            heatmap=result.heatmap,
             image=overlay.load_rgb(prepared),
             info=info,
+            positive_class=positive_class,
         )
     return [outcomes[i] for i in range(len(items))]
 
 
-def _explain_each(
-    model: Explainer, batch: list[bytes], names: list[str]
-) -> list[ExplainResult | str]:
-    """Explain the batch; if it fails, each image alone, so one bad file fails alone.
-
-    Returns:
-        Per image, the model's result or a one-line reason it could not be scored.
-    """
-    if not batch:
-        return []
-    try:
-        return list(model.explain(batch))
-    except Exception as exc:  # TensorFlow raises several types for an undecodable image
-        logger.warning("Batch of %d failed (%s); scoring one by one", len(batch), _one_line(exc))
-    out: list[ExplainResult | str] = []
-    for name, data in zip(names, batch, strict=True):
-        try:
-            out.append(model.explain([data])[0])
-        except Exception as exc:
-            logger.warning("Model could not score %s: %s", name, _one_line(exc))
-            out.append(f"the model could not read this image: {_one_line(exc)}")
-    return out
-
-
-def enlarge(image: np.ndarray, min_side: int = DISPLAY_MIN_SIDE) -> np.ndarray:
-    """Scale a small image up by a whole factor (nearest neighbour) to ``min_side``."""
-    h, w = image.shape[:2]
-    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
-    if scale == 1:
-        return image
-    return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST))
-
-
 def overlay_png(scored: ScoredImage, opacity: float) -> bytes:
     """The Grad-CAM overlay PNG (heatmap, colour scale, caption) at ``opacity``."""
-    p = scored.prediction
-    caption = overlay.overlay_caption(p.label, p.probability, p.threshold)
-    return overlay.render_overlay(scored.image, scored.heatmap, caption=caption, opacity=opacity)
+    return overlay.overlay_png(
+        scored.image,
+        scored.prediction,
+        scored.heatmap,
+        positive_class=scored.positive_class,
+        opacity=opacity,
+    )
 
 
-def prediction_text(prediction: Prediction, positive_class: str = "malignant") -> str:
+def prediction_text(prediction: Prediction, positive_class: str) -> str:
     """One line a person reads: label, probability of the positive class, threshold."""
     return (
         f"Prediction: {prediction.label} (p({positive_class}) = {prediction.probability:.3f}, "

@@ -24,7 +24,10 @@ import streamlit as st
 from app import data, scoring
 from app.config import AppConfig, ConfigError, config_from_env
 from histo_common import DISCLAIMER, overlay, storage
+from histo_common.errors import one_line
+from histo_common.labels import label_from_folder
 from histo_common.results import Prediction
+from model_export import contract
 from model_export.loader import LoadedModel, ModelLoadError
 
 logger = logging.getLogger(__name__)
@@ -33,7 +36,7 @@ LISTING_TTL_S = 30  # runs appear while the app is open; look again this often
 MODEL_TTL_S = 60  # how soon a newly exported version replaces the one in use
 DEFAULT_OPACITY = 0.45
 # Colours a run's rows without loading a model; the contract's positive class.
-RUN_POSITIVE_CLASS = "malignant"
+RUN_POSITIVE_CLASS = contract.DEFAULT_POSITIVE_CLASS
 
 Page = Callable[[AppConfig], None]
 
@@ -43,7 +46,7 @@ Page = Callable[[AppConfig], None]
 
 @st.cache_data(ttl=MODEL_TTL_S, show_spinner=False)
 def _resolve_version(model_uri: str) -> str:
-    from model_export.loader import resolve_version
+    from model_export.identity import resolve_version
 
     return resolve_version(model_uri)[0]
 
@@ -102,12 +105,6 @@ def _architecture_summary(version_uri: str) -> str:
 # ------------------------------------------------------------- shared pieces
 
 
-def one_line(exc: BaseException) -> str:
-    """The first line of an exception's message (or its type name)."""
-    lines = str(exc).strip().splitlines()
-    return lines[0] if lines else type(exc).__name__
-
-
 def guarded(page: Page, config: AppConfig) -> None:
     """Draw ``page``; turn any error into a clear message instead of a traceback."""
     try:
@@ -158,7 +155,7 @@ def show_outcomes(
             st.error(f"{storage.basename(outcome.name)}: {outcome.reason}")
             continue
         st.markdown(f"#### {storage.basename(outcome.name)}")
-        truth = data.folder_class(outcome.name, class_names)
+        truth = label_from_folder(outcome.name, class_names)
         if truth:
             st.caption(f"`{outcome.name}` (its folder says: {truth})")
         _show_prediction(outcome.prediction, positive_class)
@@ -166,7 +163,7 @@ def show_outcomes(
         png = scoring.overlay_png(outcome, opacity)
         left, right = st.columns(2)
         left.image(
-            scoring.enlarge(outcome.image),
+            overlay.upscale_for_display(outcome.image),
             caption=f"Original: {info.width}x{info.height} {info.format}",
         )
         right.image(png, caption=f"Grad-CAM overlay for the {positive_class} class")
@@ -281,7 +278,7 @@ def _show_run_image(run: data.ScoringRun, row: pd.Series, config: AppConfig) -> 
     if saved:
         left, right = st.columns(2)
         try:
-            left.image(scoring.enlarge(overlay.load_rgb(raw)), caption="Original")
+            left.image(overlay.upscale_for_display(overlay.load_rgb(raw)), caption="Original")
         except Exception as exc:
             left.warning(f"{uri} cannot be shown: {one_line(exc)}")
         right.image(storage.read_bytes(saved), caption=f"Grad-CAM saved by the run: {saved}")

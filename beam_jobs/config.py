@@ -17,6 +17,7 @@ from evaluation.gate import GateConfig
 from evaluation.outputs import EvaluationSettings
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from histo_common.layout import ROW_FORMATS
+from model_export.contract import DEFAULT_MODEL_NAME, MODEL_NAME_RE
 
 RESULT_FORMATS = tuple(ROW_FORMATS)
 DEFAULT_FORMATS = RESULT_FORMATS
@@ -45,6 +46,7 @@ class ScoringOptions:
         model: model root (latest version) or version URI; with ``model_endpoint``
             it only names the model in the rows.
         model_endpoint: ``host:port`` of TensorFlow Serving, to score there instead.
+        serving_model_name: the served model's name when only ``model_endpoint`` is given.
         max_pixels: pixel limit per image.
         max_bytes: file size limit.
         min_batch_size / max_batch_size: RunInference batching.
@@ -54,6 +56,7 @@ class ScoringOptions:
 
     model: str | None = None
     model_endpoint: str | None = None
+    serving_model_name: str = DEFAULT_MODEL_NAME
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
     min_batch_size: int = DEFAULT_MIN_BATCH_SIZE
@@ -64,6 +67,11 @@ class ScoringOptions:
     def __post_init__(self) -> None:
         if self.model_endpoint and ":" not in self.model_endpoint:
             raise ConfigError(f"--model-endpoint {self.model_endpoint!r} must be host:port")
+        if not MODEL_NAME_RE.match(self.serving_model_name):
+            raise ConfigError(
+                f"--serving-model-name {self.serving_model_name!r} is not a model name "
+                "(letters, digits, '_.-')"
+            )
         if self.max_pixels < 1 or self.max_bytes < 1:
             raise ConfigError("--max-pixels and --max-bytes must be positive")
         if not 1 <= self.min_batch_size <= self.max_batch_size:

@@ -31,23 +31,23 @@ from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import files, score, summary
 from beam_jobs.config import ConfigError, EvaluateConfig, EvaluationSettings, GateConfig
-from beam_jobs.labels import (
-    CLASS_NAMES,
-    LabelsError,
-    TrueLabel,
-    read_labels_csv,
-    require_some_label,
-    true_label,
-)
-from beam_jobs.stages import ModelIdentity
 from beam_jobs.transforms import ExplainErrors
 from evaluation import gate, outputs
 from evaluation.outputs import EvaluationError, LabelledScore, RunFacts
 from histo_common import storage
+from histo_common.labels import (
+    LabelledImage,
+    LabelsError,
+    by_uri,
+    read_labels_csv,
+    require_some_label,
+    true_label,
+)
 from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
 from histo_common.results import ResultRow
 from model_export import contract
-from model_export.loader import ModelLoadError
+from model_export.contract import DEFAULT_CLASS_NAMES as CLASS_NAMES
+from model_export.identity import ModelIdentity, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -133,13 +133,13 @@ class ScoreSource:
 
 
 def add_scoring_source(
-    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, TrueLabel] | None
+    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, LabelledImage] | None
 ) -> ScoreSource:
     """Score ``--input`` with the scoring job's stages (writing its outputs too)."""
     scoring = config.scoring()
 
     def some_labelled(plan: score.ScoringPlan) -> None:
-        require_some_label((m.uri for m in plan.matched), labels, "--input")
+        require_some_label((m.uri for m in plan.matched), CLASS_NAMES, labels, "--input")
 
     plan = score.start_scoring(scoring, check=some_labelled)
     scored = score.add_scoring(pipeline, scoring, plan)
@@ -175,7 +175,7 @@ def _model_for_scores(
 
 
 def add_existing_scores(
-    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, TrueLabel] | None
+    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, LabelledImage] | None
 ) -> ScoreSource:
     """Read the JSON Lines result and error rows of an earlier scoring output (``--scores``).
 
@@ -191,7 +191,7 @@ def add_existing_scores(
         raise files.InputError(str(exc)) from exc
     if files.exists(scored_run.manifest):
         matched = (row["uri"] for row in files.read_json_lines(scored_run.manifest))
-        require_some_label(matched, labels, config.scores or "")
+        require_some_label(matched, CLASS_NAMES, labels, config.scores or "")
     rows = (
         pipeline
         | "ReadScores" >> beam.io.ReadFromText(scored_run.results_pattern)
@@ -221,10 +221,10 @@ UNLABELLED = "unlabelled"
 
 
 def label_row(
-    row: dict[str, Any], labels: dict[str, TrueLabel] | None
+    row: dict[str, Any], labels: dict[str, LabelledImage] | None
 ) -> Iterator[LabelledScore | beam.pvalue.TaggedOutput]:
     """A result row with its true label, or its URI on the ``unlabelled`` output."""
-    truth = true_label(row["uri"], labels)
+    truth = true_label(row["uri"], CLASS_NAMES, labels)
     if truth is None:
         yield beam.pvalue.TaggedOutput(UNLABELLED, row["uri"])
     else:
@@ -251,7 +251,7 @@ def add_evaluation(
     pipeline: beam.Pipeline,
     source: ScoreSource,
     config: EvaluateConfig,
-    labels: dict[str, TrueLabel] | None,
+    labels: dict[str, LabelledImage] | None,
 ) -> None:
     """Label the rows, explain the most confident errors and write the evaluation."""
     labels_view = beam.pvalue.AsSingleton(pipeline | "Labels" >> beam.Create([labels]))
@@ -303,7 +303,7 @@ def run(
     """
     config, pipeline_args = parse_args(argv)
     started = time.monotonic()
-    labels = read_labels_csv(config.labels) if config.labels else None
+    labels = by_uri(read_labels_csv(config.labels, CLASS_NAMES)) if config.labels else None
     pipeline = test_pipeline or beam.Pipeline(options=score.pipeline_options(pipeline_args))
     if config.inputs:
         source = add_scoring_source(pipeline, config, labels)

@@ -4,9 +4,12 @@ Beam's stock ``TFModelHandlerTensor`` cannot load our SavedModel under Keras 3,
 so :class:`HistoModelHandler` loads it with ``model_export.loader.load_model``
 (the one loader every unit uses) and calls its signature on raw image bytes.
 :class:`ServingModelHandler` sends the same bytes to TensorFlow Serving over gRPC
-instead. Both return one ``PredictionResult`` per input whose ``inference`` is a
-:class:`~beam_jobs.stages.ScoreOutcome`; an image the model refuses becomes an
-outcome with a reason instead of failing its batch.
+instead. Both score with :func:`model_export.scoring.score_batch`, the one
+scoring function (and error policy) of every unit, and return one
+``PredictionResult`` per input whose ``inference`` is a
+:class:`~model_export.scoring.ScoreOutcome`: an image the model refuses becomes
+an outcome with a reason; a failing model or server fails the bundle, which the
+runner retries.
 
 Model sharing: RunInference keeps one loaded model per worker process in a
 ``shared.Shared`` handle, so every DoFn thread of that process uses the same
@@ -23,32 +26,16 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
-from beam_jobs.stages import CheckedImage, ModelIdentity, score_batch
+from beam_jobs.stages import CheckedImage
 from model_export import contract
+from model_export.identity import ModelIdentity
+from model_export.scoring import score_batch
 
 logger = logging.getLogger(__name__)
 
 DEFAULT_MIN_BATCH = 32
 DEFAULT_MAX_BATCH = 256
 METRICS_NAMESPACE = "histoscreen"
-
-
-def is_tf_input_error(exc: BaseException) -> bool:
-    """True when TensorFlow refused the inputs (an undecodable image), not the model."""
-    import tensorflow as tf
-
-    return isinstance(exc, tf.errors.InvalidArgumentError)
-
-
-def is_grpc_input_error(exc: BaseException) -> bool:
-    """True when TensorFlow Serving answered INVALID_ARGUMENT (a bad image)."""
-    import grpc
-
-    from model_export.serving_client import ServingError
-
-    if isinstance(exc, ServingError):
-        return exc.bad_input
-    return isinstance(exc, grpc.RpcError) and exc.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
@@ -83,14 +70,6 @@ class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
         """Namespace of RunInference's own metrics."""
         return METRICS_NAMESPACE
 
-    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
-        """Run the signature on a batch of encoded images (each handler's own way)."""
-        raise NotImplementedError
-
-    def _is_bad_input(self, exc: BaseException) -> bool:
-        """True when ``exc`` means the images themselves were refused."""
-        raise NotImplementedError
-
     def run_inference(
         self,
         batch: Sequence[CheckedImage],
@@ -99,10 +78,7 @@ class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
     ) -> Iterable[PredictionResult]:
         """Score one batch; images the model refuses get an outcome with the reason."""
         outcomes = score_batch(
-            [image.data for image in batch],
-            lambda images: self._call(model, images),
-            self.identity,
-            self._is_bad_input,
+            model, [image.data for image in batch], self.identity, signature=self.signature
         )
         model_id = f"{self.identity.name}/{self.identity.version}"
         return [
@@ -131,12 +107,6 @@ class HistoModelHandler(_ContractHandler):
 
         return load_model(self.model_uri)
 
-    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
-        return model.run(self.signature, images)
-
-    def _is_bad_input(self, exc: BaseException) -> bool:
-        return is_tf_input_error(exc)
-
 
 class ServingModelHandler(_ContractHandler):
     """Scores through TensorFlow Serving's gRPC API (``--model-endpoint host:port``).
@@ -144,9 +114,10 @@ class ServingModelHandler(_ContractHandler):
     Args:
         endpoint: ``host:port`` of the model server.
         identity: name and version stamped on rows (from the model's metadata when
-            the job was given ``--model``, else the endpoint).
-        client_factory: builds the client from the endpoint; defaults to
-            ``model_export.serving_client.ServingClient``.
+            the job was given ``--model``, else asked of the server at launch);
+            requests name this version, so rows never credit another one.
+        client_factory: builds the client (anything with ``run(signature, images)``)
+            from the endpoint; defaults to ``model_export.serving_client.ServingClient``.
     """
 
     def __init__(self, endpoint: str, client_factory: Any = None, **kwargs: Any) -> None:
@@ -161,10 +132,5 @@ class ServingModelHandler(_ContractHandler):
             return self.client_factory(self.endpoint)
         from model_export.serving_client import ServingClient
 
-        return ServingClient(self.endpoint, self.identity.name)
-
-    def _call(self, model: Any, images: list[bytes]) -> dict[str, Any]:
-        return model.predict(images, signature=self.signature)
-
-    def _is_bad_input(self, exc: BaseException) -> bool:
-        return is_grpc_input_error(exc)
+        version = self.identity.version if self.identity.version > 0 else None
+        return ServingClient(self.endpoint, self.identity.name, version=version)

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -36,7 +35,6 @@ from beam_jobs.config import (
     ScoringOptions,
 )
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
-from beam_jobs.stages import ModelIdentity
 from beam_jobs.transforms import (
     ERRORS,
     EXPLAINED,
@@ -50,7 +48,8 @@ from beam_jobs.transforms import (
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from histo_common.layout import RunLayout, RunModel, Summary
 from model_export import contract
-from model_export.loader import ModelLoadError, read_metadata, resolve_version
+from model_export import identity as model_identity
+from model_export.identity import ModelIdentity, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +61,12 @@ def add_model_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="model root (latest version) or a version URI")
     parser.add_argument(
         "--model-endpoint", help="host:port of TensorFlow Serving (gRPC) to score there instead"
+    )
+    parser.add_argument(
+        "--serving-model-name",
+        default=contract.DEFAULT_MODEL_NAME,
+        help="with --model-endpoint and no --model: the model's name in TF Serving's "
+        "models.config (its version is asked of the server); default %(default)s",
     )
     parser.add_argument(
         "--max-pixels",
@@ -133,6 +138,7 @@ def options_from_args(args: argparse.Namespace) -> ScoringOptions:
     return ScoringOptions(
         model=args.model,
         model_endpoint=args.model_endpoint,
+        serving_model_name=args.serving_model_name,
         max_pixels=args.max_pixels,
         max_bytes=args.max_bytes,
         min_batch_size=args.min_batch_size,
@@ -155,26 +161,6 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ScoreConfig, list[str]]:
         num_shards=args.num_shards,
     )
     return config, pipeline_args
-
-
-def resolve_identity(model: str | None, endpoint: str | None) -> ModelIdentity:
-    """Pin the model version once, at launch, from its metadata (no TensorFlow needed).
-
-    Raises:
-        ModelLoadError: when ``model`` holds no usable version.
-    """
-    if not model:
-        return ModelIdentity(name="tf-serving", version=0, uri=str(endpoint))
-    version_uri, version = resolve_version(model)
-    metadata = read_metadata(version_uri)
-    if metadata.version != version:
-        raise ModelLoadError(
-            f"{version_uri}/{contract.METADATA_FILE} says version {metadata.version}, "
-            f"but the folder is version {version}"
-        )
-    if "://" not in version_uri:
-        version_uri = os.path.abspath(version_uri)  # rows and summaries mean it from anywhere
-    return ModelIdentity(name=metadata.model_name, version=version, uri=version_uri)
 
 
 def make_handler(
@@ -252,9 +238,16 @@ class ScoringPlan:
             endpoint=self.endpoint,
         )
 
+    positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
 
-def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None) -> ScoringPlan:
-    """Match the inputs and pin the model version.
+
+def plan_scoring(
+    inputs: Sequence[str],
+    model: str | None,
+    endpoint: str | None,
+    serving_model_name: str = contract.DEFAULT_MODEL_NAME,
+) -> ScoringPlan:
+    """Match the inputs and pin the model version (``model_export.identity.resolve``).
 
     Raises:
         files.InputError: when the patterns match nothing.
@@ -263,7 +256,8 @@ def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None)
     matched = files.match_inputs(inputs)
     if not matched:
         raise files.InputError(f"no files match --input {' '.join(inputs)}")
-    identity = resolve_identity(model, endpoint)
+    resolved = model_identity.resolve(model, endpoint, serving_model_name)
+    identity = resolved.identity
     base = files.common_base(m.uri for m in matched)
     logger.info(
         "Scoring %d files with %s version %d (%s)",
@@ -272,7 +266,13 @@ def plan_scoring(inputs: Sequence[str], model: str | None, endpoint: str | None)
         identity.version,
         identity.uri,
     )
-    return ScoringPlan(matched=matched, identity=identity, base=base, endpoint=endpoint)
+    return ScoringPlan(
+        matched=matched,
+        identity=identity,
+        base=base,
+        endpoint=endpoint,
+        positive_class=resolved.positive_class,
+    )
 
 
 def write_plan(plan: ScoringPlan, output: str) -> ScoringPlan:
@@ -289,7 +289,12 @@ def start_scoring(
         config: the scoring run.
         check: called with the plan before the output is touched (raise to stop).
     """
-    plan = plan_scoring(config.inputs, config.options.model, config.options.model_endpoint)
+    plan = plan_scoring(
+        config.inputs,
+        config.options.model,
+        config.options.model_endpoint,
+        config.options.serving_model_name,
+    )
     if check is not None:
         check(plan)
     prepare_output(config.output, config.options.overwrite)
@@ -333,7 +338,9 @@ def add_scoring(
             explained = scored["results"] | "ExplainTop" >> ExplainTop(
                 config.gradcam_top, explain, options.max_pixels, options.max_bytes
             )
-        _ = explained | "WriteOverlays" >> WriteOverlays(config.output, plan.base)
+        _ = explained | "WriteOverlays" >> WriteOverlays(
+            config.output, plan.base, plan.positive_class
+        )
     return {"results": scored["results"], ERRORS: errors}
 
 

@@ -24,9 +24,13 @@ from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE
 from evaluation.outputs import LabelledScore
 from evaluation.report import GalleryItem
+from histo_common.errors import one_line
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from histo_common.layout import ROW_FORMATS, RunLayout
+from histo_common.overlay import load_rgb, overlay_png, upscale_for_display
 from histo_common.results import ErrorRow, ResultRow
+from model_export.contract import DEFAULT_POSITIVE_CLASS
+from model_export.scoring import ScoreOutcome
 
 logger = logging.getLogger(__name__)
 
@@ -53,7 +57,7 @@ class _ReadAndCheck(beam.DoFn):
             try:
                 data = files.read_file(matched.uri)
             except Exception as exc:  # any storage failure is this file's error, not the job's
-                row = ErrorRow.build(matched.uri, f"cannot read: {stages.one_line(exc)}", "read")
+                row = ErrorRow.build(matched.uri, f"cannot read: {one_line(exc)}", "read")
             else:
                 self.images_read.inc()
                 self.bytes_read.inc(len(data))
@@ -224,7 +228,7 @@ def _reread(row: ResultRow, max_pixels: int, max_bytes: int) -> Iterator[stages.
             row.uri, files.read_file(row.uri), max_pixels=max_pixels, max_bytes=max_bytes
         )
     except Exception as exc:  # the file changed since it was scored: no overlay, no failure
-        logger.warning("No Grad-CAM for %s: %s", row.uri, stages.one_line(exc))
+        logger.warning("No Grad-CAM for %s: %s", row.uri, one_line(exc))
         return
     if isinstance(checked, stages.CheckedImage):
         yield checked
@@ -266,21 +270,27 @@ def _probability(row: ResultRow) -> float:
 class _WriteOverlay(beam.DoFn):
     """Render and write one overlay PNG; a failure is logged and counted, not fatal."""
 
-    def __init__(self, output: str, base: str) -> None:
+    def __init__(self, output: str, base: str, positive_class: str) -> None:
         self.run = RunLayout(output)
         self.base = base
+        self.positive_class = positive_class
         self.written = Metrics.counter(METRICS_NAMESPACE, "gradcam_written")
         self.failed = Metrics.counter(METRICS_NAMESPACE, "gradcam_failed")
 
-    def process(self, pair: tuple[stages.CheckedImage, stages.ScoreOutcome]) -> Iterator[str]:
+    def process(self, pair: tuple[stages.CheckedImage, ScoreOutcome]) -> Iterator[str]:
         image, outcome = pair
         uri = self.run.gradcam(image.uri, self.base)
         try:
-            png = stages.overlay_png(image.data, outcome.prediction, outcome.heatmap)
+            png = overlay_png(
+                image.data,
+                outcome.prediction,
+                outcome.heatmap,
+                positive_class=self.positive_class,
+            )
             files.write_file(uri, png, mime_type="image/png")
         except Exception as exc:  # an overlay is a by-product: never lose the job for it
             self.failed.inc()
-            logger.warning("Could not write Grad-CAM for %s: %s", image.uri, stages.one_line(exc))
+            logger.warning("Could not write Grad-CAM for %s: %s", image.uri, one_line(exc))
             return
         self.written.inc()
         yield uri
@@ -292,15 +302,21 @@ class WriteOverlays(beam.PTransform):
     Args:
         output: the job's output folder.
         base: the folder that holds every input; overlay names are paths under it.
+        positive_class: the class the probabilities are of (the model's metadata).
     """
 
-    def __init__(self, output: str, base: str) -> None:
+    def __init__(
+        self, output: str, base: str, positive_class: str = DEFAULT_POSITIVE_CLASS
+    ) -> None:
         super().__init__()
         self.output = output
         self.base = base
+        self.positive_class = positive_class
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
-        return pairs | "RenderAndWrite" >> beam.ParDo(_WriteOverlay(self.output, self.base))
+        return pairs | "RenderAndWrite" >> beam.ParDo(
+            _WriteOverlay(self.output, self.base, self.positive_class)
+        )
 
 
 def _reread_score(
@@ -311,33 +327,33 @@ def _reread_score(
             score.uri, files.read_file(score.uri), max_pixels=max_pixels, max_bytes=max_bytes
         )
     except Exception as exc:  # a gallery image that vanished is left out, not fatal
-        logger.warning("Gallery skips %s: %s", score.uri, stages.one_line(exc))
+        logger.warning("Gallery skips %s: %s", score.uri, one_line(exc))
         return
     if isinstance(checked, stages.CheckedImage):
         yield score, checked
 
 
-def _plain_png(data: bytes, side: int = 256) -> bytes:
+def _plain_png(data: bytes) -> bytes:
     from PIL import Image
 
-    with Image.open(io.BytesIO(data)) as img:
-        rgb = img.convert("RGB")
-        scale = max(1, side // max(1, min(rgb.size)))
-        out = io.BytesIO()
-        rgb.resize((rgb.width * scale, rgb.height * scale), Image.NEAREST).save(out, format="PNG")
-        return out.getvalue()
+    out = io.BytesIO()
+    Image.fromarray(upscale_for_display(load_rgb(data))).save(out, format="PNG")
+    return out.getvalue()
 
 
 def gallery_item(
     score: LabelledScore,
     image: stages.CheckedImage,
-    outcome: stages.ScoreOutcome | None,
+    outcome: ScoreOutcome | None,
     class_names: tuple[str, ...],
+    positive_class: str = DEFAULT_POSITIVE_CLASS,
 ) -> GalleryItem:
     """A gallery card: the Grad-CAM overlay when the model explained it, else the image."""
     explained = outcome is not None and outcome.prediction is not None
     if explained and outcome is not None and outcome.heatmap is not None:
-        png = stages.overlay_png(image.data, outcome.prediction, outcome.heatmap)
+        png = overlay_png(
+            image.data, outcome.prediction, outcome.heatmap, positive_class=positive_class
+        )
     else:
         explained = False
         png = _plain_png(image.data)

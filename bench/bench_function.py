@@ -63,7 +63,7 @@ def summary_ms(seconds: list[float]) -> dict[str, float]:
 
 def benchmark_model(work: Path, requested: str | None) -> tuple[str, str]:
     """Return ``(model_uri, description)``: the requested or local model, or a fresh one."""
-    from model_export.export import list_versions
+    from model_export.identity import list_versions
 
     if requested:
         return requested, requested

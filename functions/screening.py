@@ -28,11 +28,14 @@ from typing import Any
 from functions.logs import log_context
 from functions.settings import FunctionSettings
 from histo_common import DISCLAIMER, storage
+from histo_common.errors import one_line
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
 from histo_common.layout import error_sibling, gradcam_sibling, is_output, prediction_sibling
-from histo_common.overlay import load_rgb, overlay_caption, render_overlay
+from histo_common.overlay import load_rgb, overlay_png
 from histo_common.results import ErrorRow, ResultRow, prediction_document
+from model_export import contract
 from model_export.loader import LoadedModel, ModelLoadError
+from model_export.scoring import score_batch
 
 logger = logging.getLogger(__name__)
 
@@ -151,19 +154,17 @@ def score_image(
 
     Raises:
         ImageError: with a one-line reason when the bytes are not a usable image,
-            including when the model itself cannot decode them.
+            including when the model itself cannot decode them (``UndecodableImage``).
+        Exception: when the model itself fails (out of memory ...): not the image's
+            fault, so never an ``.error.json`` (``model_export.scoring``'s policy).
     """
     prepared, info = check_and_prepare(
         data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
     )
-    import tensorflow as tf  # already loaded with the model; needed for its error type
-
-    try:
-        explanation = model.explain([prepared])[0]
-    except tf.errors.InvalidArgumentError as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise UndecodableImage(f"the model could not decode this {info.format}: {first}") from exc
-    prediction = explanation.prediction
+    [outcome] = score_batch(model, [prepared], model.identity, signature=contract.EXPLAIN_SIGNATURE)
+    if outcome.prediction is None or outcome.heatmap is None:
+        raise UndecodableImage(f"the model could not decode this {info.format}: {outcome.error}")
+    prediction = outcome.prediction
     row = ResultRow.build(
         uri,
         prediction,
@@ -175,11 +176,11 @@ def score_image(
     try:
         image = load_rgb(prepared)
     except Exception as exc:  # Pillow raises many types; the model decoded it, so rare
-        raise ImageError(f"could not decode the {info.format} for drawing: {exc}") from exc
-    overlay = render_overlay(
-        image,
-        explanation.heatmap,
-        caption=overlay_caption(prediction.label, prediction.probability, prediction.threshold),
+        raise ImageError(
+            f"could not decode the {info.format} for drawing: {one_line(exc)}"
+        ) from exc
+    overlay = overlay_png(
+        image, prediction, outcome.heatmap, positive_class=model.metadata.positive_class
     )
     return ScoredImage(row=row, overlay_png=overlay, info=info, model_uri=model.uri)
 

@@ -12,6 +12,8 @@ import io
 import warnings
 from dataclasses import dataclass
 
+from histo_common.errors import one_line
+
 # Formats the SavedModel decodes in its graph (tf.io.decode_image).
 MODEL_FORMATS = frozenset({"PNG", "JPEG", "BMP", "GIF"})
 # Formats Pillow reads that we transcode losslessly to PNG before the model sees them.
@@ -113,7 +115,7 @@ def inspect_image(
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
         raise ImageError(f"image is too large to decode safely: {exc}") from exc
     except Exception as exc:  # PIL raises many types for corrupt files
-        raise ImageError(f"corrupt or truncated {fmt}: {_one_line(exc)}") from exc
+        raise ImageError(f"corrupt or truncated {fmt}: {one_line(exc)}") from exc
     if fmt not in MODEL_FORMATS | TRANSCODE_FORMATS:
         raise ImageError(f"unsupported image format {fmt}")
     return ImageInfo(format=fmt, width=width, height=height, mode=mode)
@@ -137,8 +139,3 @@ def check_and_prepare(
     """Inspect ``data`` and return model-ready bytes with the header facts."""
     info = inspect_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
     return prepare_for_model(data, info), info
-
-
-def _one_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__

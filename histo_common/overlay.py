@@ -2,8 +2,9 @@
 
 The heatmap maths lives in the SavedModel (``model_export``); this module only
 draws: the original image with the heatmap blended over it, a colour scale, and a
-caption with the prediction. The function, the bulk job and the app all call
-:func:`render_overlay`, so an overlay looks the same wherever it was made.
+caption with the prediction. The function, the bulk job, the evaluation gallery
+and the app all call :func:`overlay_png`, so an overlay looks the same wherever it
+was made, and show small images through :func:`upscale_for_display`.
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ import io
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
+
+from histo_common.results import Prediction
 
 MIN_SIDE = 256  # patches are tiny (50 px); draw them large enough to read
 _BAR_WIDTH = 18
@@ -48,6 +51,29 @@ def blend(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.n
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+def upscale_for_display(image: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
+    """Scale a small image up, nearest neighbour, by the smallest whole factor that
+    makes its shorter side at least ``min_side``; larger images are returned as they are.
+
+    The factor is rounded up (ceil), not down: with floor a 100 px patch would be
+    shown at 200 px, under the size meant to be readable, and a 200 px one not
+    enlarged at all. A whole factor keeps every pixel a square block, so nothing
+    is invented between pixels.
+
+    Args:
+        image: HxW or HxWxC uint8.
+        min_side: the shorter side to reach.
+
+    Returns:
+        The enlarged image (or ``image`` itself when no enlarging is needed).
+    """
+    h, w = image.shape[:2]
+    scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
+    if scale == 1:
+        return image
+    return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST))
+
+
 def load_rgb(data: bytes) -> np.ndarray:
     """Decode image bytes to RGB uint8 for drawing (not for the model)."""
     with Image.open(io.BytesIO(data)) as img:
@@ -72,10 +98,7 @@ def render_overlay(
     Returns:
         PNG bytes.
     """
-    blended = blend(image, heatmap, opacity)
-    h, w = blended.shape[:2]
-    scale = max(1, int(np.ceil(MIN_SIDE / max(1, min(h, w)))))
-    shown = Image.fromarray(blended).resize((w * scale, h * scale), Image.NEAREST)
+    shown = Image.fromarray(upscale_for_display(blend(image, heatmap, opacity)))
     font = ImageFont.load_default(size=13)
     caption_h = 22 if caption else 0
     caption_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font))
@@ -103,6 +126,36 @@ def render_overlay(
     return out.getvalue()
 
 
-def overlay_caption(label: str, probability: float, threshold: float) -> str:
-    """Caption text shared by every overlay."""
-    return f"{label}  p(malignant)={probability:.3f}  threshold={threshold:.3f}  research use only"
+def overlay_caption(label: str, probability: float, threshold: float, positive_class: str) -> str:
+    """Caption text shared by every overlay; ``probability`` is of ``positive_class``."""
+    return (
+        f"{label}  p({positive_class})={probability:.3f}  threshold={threshold:.3f}  "
+        "research use only"
+    )
+
+
+def overlay_png(
+    image: bytes | np.ndarray,
+    prediction: Prediction,
+    heatmap: np.ndarray,
+    *,
+    positive_class: str,
+    opacity: float = 0.45,
+) -> bytes:
+    """The Grad-CAM overlay PNG of one scored image, captioned with its prediction.
+
+    Args:
+        image: the encoded image (as the model read it) or its RGB pixels.
+        prediction: what the model said.
+        heatmap: the Grad-CAM heatmap in [0, 1].
+        positive_class: the class ``prediction.probability`` is of (model metadata).
+        opacity: heatmap weight in the blend.
+
+    Returns:
+        PNG bytes.
+    """
+    pixels = load_rgb(image) if isinstance(image, bytes) else image
+    caption = overlay_caption(
+        prediction.label, prediction.probability, prediction.threshold, positive_class
+    )
+    return render_overlay(pixels, heatmap, caption=caption, opacity=opacity)

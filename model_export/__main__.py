@@ -12,6 +12,7 @@ import json
 import sys
 
 from histo_common import storage
+from model_export import contract
 
 
 def _export(args: argparse.Namespace) -> int:
@@ -81,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--output", required=True, help="models root URI")
     p.add_argument("--model-name", default="histo-cnn")
     p.add_argument("--class-names", default="benign,malignant")
-    p.add_argument("--positive-class", default="malignant")
+    p.add_argument("--positive-class", default=contract.DEFAULT_POSITIVE_CLASS)
     p.add_argument("--threshold", type=float, default=0.5)
     p.add_argument("--architecture", default="custom_cnn")
     p.set_defaults(func=_export)

@@ -37,6 +37,10 @@ PREDICT_OUTPUTS = ("probability", "probabilities", "label", "threshold")
 EXPLAIN_OUTPUTS = (*PREDICT_OUTPUTS, "heatmap")
 
 DEFAULT_MODEL_NAME = "histo-cnn"
+# Where no model is at hand (training a new one, reading rows without a model), the
+# classes are these; wherever a model is at hand, its metadata's class names rule.
+DEFAULT_CLASS_NAMES = ("benign", "malignant")
+DEFAULT_POSITIVE_CLASS = DEFAULT_CLASS_NAMES[1]
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 

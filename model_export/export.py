@@ -10,7 +10,6 @@ metadata is never picked up as the latest).
 from __future__ import annotations
 
 import logging
-import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -106,18 +105,6 @@ class ExportResult:
     uri: str
     version: int
     metadata: contract.ModelMetadata
-
-
-def list_versions(model_root: str) -> list[int]:
-    """Integer versions under ``<models>/<name>`` that have their metadata (complete ones)."""
-    versions = set()
-    prefix = model_root.rstrip("/") + "/"
-    for uri in storage.list_uris(model_root):
-        rel = uri[len(prefix) :] if uri.startswith(prefix) else ""
-        match = re.fullmatch(r"(\d+)/" + re.escape(contract.METADATA_FILE), rel)
-        if match:
-            versions.add(int(match.group(1)))
-    return sorted(versions)
 
 
 def next_version(model_root: str) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -21,14 +20,28 @@ from pathlib import Path
 import numpy as np
 
 from histo_common import storage
+from histo_common.errors import one_line
 from histo_common.results import Prediction
 from model_export import contract
+from model_export.identity import (
+    ModelIdentity,
+    ModelLoadError,
+    read_metadata,
+    resolve_model,
+    resolve_version,
+)
+from model_export.scoring import predictions_from_outputs
+
+__all__ = [
+    "Explanation",
+    "LoadedModel",
+    "ModelLoadError",
+    "load_model",
+    "read_metadata",
+    "resolve_version",
+]
 
 logger = logging.getLogger(__name__)
-
-
-class ModelLoadError(RuntimeError):
-    """A model URI that does not hold a usable model in the contract."""
 
 
 @dataclass(frozen=True)
@@ -37,49 +50,6 @@ class Explanation:
 
     prediction: Prediction
     heatmap: np.ndarray
-
-
-def resolve_version(uri: str) -> tuple[str, int]:
-    """Return ``(version_uri, version)`` for a model root or a version URI.
-
-    Raises:
-        ModelLoadError: when nothing loadable is there.
-    """
-    from model_export.export import list_versions
-
-    clean = uri.rstrip("/")
-    last = storage.basename(clean)
-    try:
-        if last.isdigit():
-            if not storage.exists(storage.join(clean, contract.METADATA_FILE)):
-                raise ModelLoadError(
-                    f"{clean} has no {contract.METADATA_FILE}: it is not a complete model "
-                    "version (an export still running, or not a model folder)"
-                )
-            return clean, int(last)
-        versions = list_versions(clean)
-    except storage.StorageError as exc:
-        raise ModelLoadError(f"cannot read model at {clean}: {exc}") from exc
-    if not versions:
-        raise ModelLoadError(
-            f"no model versions found under {clean}: expected <root>/<integer version>/ with "
-            f"{contract.METADATA_FILE}; train one with `python -m training --output ...` or "
-            "pass the URI of a version"
-        )
-    return f"{clean}/{versions[-1]}", versions[-1]
-
-
-def read_metadata(version_uri: str) -> contract.ModelMetadata:
-    """Read and validate ``metadata.json`` of a model version."""
-    meta_uri = storage.join(version_uri, contract.METADATA_FILE)
-    try:
-        text = storage.read_text(meta_uri)
-    except storage.StorageError as exc:
-        raise ModelLoadError(f"cannot read {meta_uri}: {exc}") from exc
-    try:
-        return contract.ModelMetadata.from_json(text, source=meta_uri)
-    except contract.ContractError as exc:
-        raise ModelLoadError(str(exc)) from exc
 
 
 def _local_copy(version_uri: str, cache_dir: str | None) -> Path:
@@ -125,6 +95,11 @@ class LoadedModel:
         return self.metadata.version
 
     @property
+    def identity(self) -> ModelIdentity:
+        """Name, version and version URI, as stamped on result rows."""
+        return ModelIdentity(self.name, self.version, self.uri)
+
+    @property
     def threshold(self) -> float:
         """Decision threshold on the positive class probability."""
         return self.metadata.threshold
@@ -141,7 +116,7 @@ class LoadedModel:
         """Score a batch of encoded images (``serving_default``)."""
         if not images:
             return []
-        return _predictions(self.run(contract.PREDICT_SIGNATURE, images))
+        return predictions_from_outputs(self.run(contract.PREDICT_SIGNATURE, images))
 
     def explain(self, images: Sequence[bytes]) -> list[Explanation]:
         """Score a batch and return Grad-CAM heatmaps (``explain``)."""
@@ -150,7 +125,7 @@ class LoadedModel:
         out = self.run(contract.EXPLAIN_SIGNATURE, images)
         return [
             Explanation(prediction=p, heatmap=h)
-            for p, h in zip(_predictions(out), out["heatmap"], strict=True)
+            for p, h in zip(predictions_from_outputs(out), out["heatmap"], strict=True)
         ]
 
     def keras_model(self):  # type: ignore[no-untyped-def]
@@ -164,13 +139,6 @@ class LoadedModel:
             local = Path(tmp) / contract.KERAS_FILE
             local.write_bytes(storage.read_bytes(path))
             return keras.saving.load_model(local, compile=False)
-
-
-def _predictions(out: dict[str, np.ndarray]) -> list[Prediction]:
-    return [
-        Prediction(probability=float(p), label=lab.decode("utf-8"), threshold=round(float(t), 6))
-        for p, lab, t in zip(out["probability"], out["label"], out["threshold"], strict=True)
-    ]
 
 
 def _check_signatures(uri: str, saved: object) -> None:
@@ -202,13 +170,9 @@ def load_model(uri: str, *, cache_dir: str | None = None) -> LoadedModel:
     Raises:
         ModelLoadError: with one sentence naming the URI and what is wrong.
     """
-    version_uri, version = resolve_version(uri)
-    metadata = read_metadata(version_uri)
-    if metadata.version != version:
-        raise ModelLoadError(
-            f"{version_uri}/{contract.METADATA_FILE} says version {metadata.version}, "
-            f"but the folder is version {version}"
-        )
+    resolved = resolve_model(uri)
+    version_uri, version = resolved.identity.uri, resolved.identity.version
+    metadata = resolved.metadata
     try:
         local = _local_copy(version_uri, cache_dir)
     except storage.ObjectNotFound as exc:
@@ -222,13 +186,9 @@ def load_model(uri: str, *, cache_dir: str | None = None) -> LoadedModel:
     try:
         saved = tf.saved_model.load(str(local))
     except Exception as exc:  # TensorFlow raises many types for a broken SavedModel
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ModelLoadError(f"{version_uri} is not a loadable SavedModel: {first}") from exc
+        raise ModelLoadError(
+            f"{version_uri} is not a loadable SavedModel: {one_line(exc)}"
+        ) from exc
     _check_signatures(version_uri, saved)
     logger.info("Loaded model %s version %d from %s", metadata.model_name, version, version_uri)
     return LoadedModel(version_uri, metadata, saved)
-
-
-def is_version_folder(name: str) -> bool:
-    """True for an integer version folder name."""
-    return re.fullmatch(r"\d+", name) is not None

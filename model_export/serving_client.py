@@ -2,8 +2,10 @@
 
 TF Serving serves the same SavedModel folders (``<base>/<name>/<version>/``); this
 client sends raw encoded images to a signature and returns numpy outputs with the
-same keys as :meth:`model_export.loader.LoadedModel.run`, so callers can switch
-between an in-process model and a served one.
+same keys as :meth:`model_export.loader.LoadedModel.run` (``run`` has the same
+signature too), so callers can switch between an in-process model and a served
+one. :meth:`ServingClient.available_version` asks the server's ``ModelService``
+which version it serves, so rows name the version that scored them.
 """
 
 from __future__ import annotations
@@ -87,10 +89,22 @@ class ServingClient:
         self._channel = grpc.insecure_channel(endpoint, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
+    def _failed(self, exc: Exception) -> ServingError:
+        """A :class:`ServingError` naming the endpoint and model for a gRPC failure."""
+        return ServingError(
+            f"TF Serving at {self.endpoint} failed for model {self.model_name}: "
+            f"{exc.code().name}: {exc.details()}",  # type: ignore[attr-defined]  # grpc.RpcError
+            status=exc.code().name,  # type: ignore[attr-defined]
+        )
+
     def predict(
         self, images: Sequence[bytes], signature: str = contract.PREDICT_SIGNATURE
     ) -> dict[str, np.ndarray]:
-        """Call ``signature`` on a batch of encoded images; outputs as numpy arrays."""
+        """Call ``signature`` on a batch of encoded images; outputs as numpy arrays.
+
+        Raises:
+            ServingError: the server failed or refused; ``bad_input`` tells which.
+        """
         import grpc
         from tensorflow_serving.apis import predict_pb2
 
@@ -103,12 +117,44 @@ class ServingClient:
         try:
             response = self._stub.Predict(request, timeout=self.timeout_s)
         except grpc.RpcError as exc:
-            raise ServingError(
-                f"TF Serving at {self.endpoint} failed for model {self.model_name}: "
-                f"{exc.code().name}: {exc.details()}",
-                status=exc.code().name,
-            ) from exc
+            raise self._failed(exc) from exc
         return {key: to_ndarray(value) for key, value in response.outputs.items()}
+
+    def run(self, signature: str, images: Sequence[bytes]) -> dict[str, np.ndarray]:
+        """Same as :meth:`predict`, in ``LoadedModel.run``'s argument order."""
+        return self.predict(images, signature=signature)
+
+    def available_version(self) -> int:
+        """The highest version of the model the server reports AVAILABLE.
+
+        Raises:
+            ServingError: the server cannot be asked, or has no available version
+                of the model (status ``NOT_FOUND``).
+        """
+        import grpc
+        from tensorflow_serving.apis import get_model_status_pb2, model_service_pb2_grpc
+
+        request = get_model_status_pb2.GetModelStatusRequest()
+        request.model_spec.name = self.model_name
+        stub = model_service_pb2_grpc.ModelServiceStub(self._channel)
+        try:
+            response = stub.GetModelStatus(request, timeout=self.timeout_s)
+        except grpc.RpcError as exc:
+            raise self._failed(exc) from exc
+        available_state = get_model_status_pb2.ModelVersionStatus.AVAILABLE
+        statuses = list(response.model_version_status)
+        available = [s.version for s in statuses if s.state == available_state]
+        if not available:
+            states = {
+                s.version: get_model_status_pb2.ModelVersionStatus.State.Name(s.state)
+                for s in statuses
+            }
+            raise ServingError(
+                f"TF Serving at {self.endpoint} has no AVAILABLE version of model "
+                f"{self.model_name} (versions: {states or 'none'})",
+                status="NOT_FOUND",
+            )
+        return max(available)
 
     def close(self) -> None:
         """Close the gRPC channel."""

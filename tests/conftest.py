@@ -6,6 +6,8 @@
 - ``sample_dir``: a small synthetic labelled set on disk.
 - ``tiny_model``: one tiny model trained once per session and exported in the
   SavedModel contract (see tests/model_fixtures.py).
+- ``model_server``: the tiny model behind an in-process stand-in for TF Serving's
+  gRPC API (see tests/serving_fixtures.py); its ``host:port``.
 """
 
 from __future__ import annotations
@@ -122,3 +124,13 @@ def tiny_model_gcs(gcs_emulator: Emulator, tiny_model) -> str:  # type: ignore[n
     root = "gs://session-models/histo-cnn"
     storage.copy_tree_to(tiny_model.root_uri, root)
     return root
+
+
+@pytest.fixture
+def model_server(loaded_tiny_model) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """The tiny model served over gRPC (Predict, GetModelStatus) on 127.0.0.1: ``host:port``."""
+    from serving_fixtures import start_model_server
+
+    server = start_model_server(loaded_tiny_model)
+    yield server.endpoint
+    server.stop()

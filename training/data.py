@@ -18,6 +18,7 @@ import numpy as np
 from histo_common import storage
 from histo_common.images import ImageError, inspect_image, prepare_for_model
 from histo_common.labels import LabelledImage, LabelsError, discover_labelled_images
+from model_export.contract import DEFAULT_CLASS_NAMES
 from training.config import Augmentation
 
 logger = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ def load_examples(data_uri: str, *, skip_bad_images: bool = False) -> Dataset:
         DataError: no images, fewer than two classes, or unreadable images (named).
     """
     try:
-        items = discover_labelled_images(data_uri)
+        items = discover_labelled_images(data_uri, DEFAULT_CLASS_NAMES)
     except LabelsError as exc:
         raise DataError(str(exc)) from exc
     class_names = sorted({item.label for item in items})

@@ -11,6 +11,7 @@ import pytest
 
 from app import data
 from histo_common import storage
+from histo_common.labels import label_from_folder
 from histo_common.results import ERROR_COLUMNS, RESULT_COLUMNS
 
 
@@ -218,8 +219,8 @@ def test_list_images_and_random_pick(sample_dir: Path) -> None:
 
     assert len(images) == 80
     assert picked in images
-    assert data.folder_class(picked, ["benign", "malignant"]) == Path(picked).parent.name
-    assert data.folder_class("x/other/a.png", ["benign", "malignant"]) is None
+    assert label_from_folder(picked, ["benign", "malignant"]) == Path(picked).parent.name
+    assert label_from_folder("x/other/a.png", ["benign", "malignant"]) is None
     with pytest.raises(data.DataError, match="no images"):
         data.pick_random_image([])
 

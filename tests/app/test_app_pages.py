@@ -291,5 +291,6 @@ def test_an_unexpected_error_is_one_sentence_not_a_traceback() -> None:
 
     assert not at.exception
     assert texts(at.error) == [
-        "This page could not be shown: the disk caught fire. The server log has the details."
+        "This page could not be shown: RuntimeError: the disk caught fire. "
+        "The server log has the details."
     ]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ from PIL import Image
 
 from app import scoring
 from histo_common.results import Prediction
+from model_export.identity import ModelIdentity
+from model_export.serving_client import ServingError
 
 
 def _sample(sample_dir: Path, cls: str, index: int = 0) -> tuple[str, bytes]:
@@ -63,24 +66,29 @@ def test_score_images_transcodes_tiff(loaded_tiny_model, sample_dir: Path) -> No
 
 
 class _FussyModel:
-    """Fails any batch holding the marked image, as TensorFlow does for undecodable bytes."""
+    """Refuses any batch holding the marked image, as a model does for undecodable bytes."""
 
-    def __init__(self, bad: bytes) -> None:
+    identity = ModelIdentity("histo-cnn", 1, "/m/histo-cnn/1")
+
+    def __init__(self, bad: bytes, failure: Exception | None = None) -> None:
         self.bad = bad
+        self.failure = failure
         self.calls: list[int] = []
+        self.metadata = SimpleNamespace(positive_class="malignant")
 
-    def explain(self, images):  # type: ignore[no-untyped-def]
+    def run(self, signature: str, images):  # type: ignore[no-untyped-def]
         self.calls.append(len(images))
+        if self.failure is not None:
+            raise self.failure
         if self.bad in images:
-            raise RuntimeError("Invalid PNG data\nstack trace follows")
-        return [
-            type(
-                "R",
-                (),
-                {"prediction": Prediction(0.7, "malignant", 0.5), "heatmap": np.ones((4, 4))},
-            )
-            for _ in images
-        ]
+            raise ServingError("Invalid PNG data\nstack trace follows", status="INVALID_ARGUMENT")
+        n = len(images)
+        return {
+            "probability": np.full(n, 0.7, np.float32),
+            "label": np.asarray([b"malignant"] * n),
+            "threshold": np.full(n, 0.5, np.float32),
+            "heatmap": np.ones((n, 4, 4), np.float32),
+        }
 
 
 def test_a_batch_failure_is_isolated_to_the_bad_image(sample_dir: Path) -> None:
@@ -93,8 +101,18 @@ def test_a_batch_failure_is_isolated_to_the_bad_image(sample_dir: Path) -> None:
     assert model.calls == [2, 1, 1]
     assert isinstance(outcomes[0], scoring.ScoredImage)
     assert outcomes[1] == scoring.FailedImage(
-        bad[0], "the model could not read this image: Invalid PNG data"
+        bad[0], "the model could not read this image: ServingError: Invalid PNG data"
     )
+
+
+def test_a_failing_model_is_not_blamed_on_the_images(sample_dir: Path) -> None:
+    model = _FussyModel(b"", failure=MemoryError("out of memory"))
+
+    with pytest.raises(MemoryError):
+        scoring.score_images(
+            model, [_sample(sample_dir, "benign"), _sample(sample_dir, "benign", 1)]
+        )
+    assert model.calls == [2]
 
 
 def test_nothing_to_score_calls_no_model() -> None:
@@ -115,14 +133,7 @@ def test_overlay_follows_the_opacity(loaded_tiny_model, sample_dir: Path) -> Non
     assert np.abs(np.asarray(faint, float) - np.asarray(strong, float)).mean() > 5
 
 
-def test_enlarge_scales_by_a_whole_factor() -> None:
-    image = np.zeros((48, 50, 3), dtype=np.uint8)
-
-    assert scoring.enlarge(image).shape == (288, 300, 3)
-    assert scoring.enlarge(np.zeros((300, 400, 3), dtype=np.uint8)).shape == (300, 400, 3)
-
-
 def test_prediction_text_names_label_probability_and_threshold() -> None:
-    text = scoring.prediction_text(Prediction(0.87312, "malignant", 0.42))
+    text = scoring.prediction_text(Prediction(0.87312, "malignant", 0.42), "malignant")
 
     assert text == "Prediction: malignant (p(malignant) = 0.873, threshold 0.420)"

@@ -171,3 +171,70 @@ def test_scoring_through_the_gcs_emulator(
     assert f"{output}/gradcam/odd/scan.tif.gradcam.png" in overlays
     assert storage.list_uris(f"{output}/results/*.csv")
     assert not storage.list_uris(f"{output}/results/*.parquet")
+
+
+def test_scoring_through_tf_serving_without_a_model_uri(
+    tmp_path: Path, model_server: str, small_set: Path, bad_corpus, loaded_tiny_model
+) -> None:  # type: ignore[no-untyped-def]
+    """--model-endpoint alone: the served name from the flag, its version asked of the server."""
+    output = tmp_path / "served"
+    score.run(
+        [
+            "--input",
+            f"{small_set}/**.png",
+            "--input",
+            str(bad_corpus.root / "notes.png"),
+            "--model-endpoint",
+            model_server,
+            "--serving-model-name",
+            "histo-cnn",
+            "--output",
+            str(output),
+            "--gradcam-top",
+            "2",
+        ]
+    )
+    results = _rows(f"{output}/results/*.jsonl")
+    errors = _rows(f"{output}/errors/*.jsonl")
+    assert len(results) == 24 and [e["uri"] for e in errors] == [str(bad_corpus.root / "notes.png")]
+    assert {(r["model_name"], r["model_version"]) for r in results} == {
+        ("histo-cnn", loaded_tiny_model.version)
+    }
+    local = {
+        str(p): pred.probability
+        for p, pred in zip(
+            sorted(small_set.rglob("*.png")),
+            loaded_tiny_model.predict([p.read_bytes() for p in sorted(small_set.rglob("*.png"))]),
+            strict=True,
+        )
+    }
+    assert all(abs(r["probability"] - local[r["uri"]]) < 1e-5 for r in results)
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["complete"] and summary["model"] == {
+        "name": "histo-cnn",
+        "version": loaded_tiny_model.version,
+        "version_uri": None,
+        "endpoint": model_server,
+    }
+    assert len(list((output / "gradcam").rglob("*.gradcam.png"))) == 2
+
+
+def test_an_unknown_serving_model_name_is_one_sentence(
+    tmp_path: Path, model_server: str, small_set: Path, capsys
+) -> None:  # type: ignore[no-untyped-def]
+    code = score.main(
+        [
+            "--input",
+            f"{small_set}/**.png",
+            "--model-endpoint",
+            model_server,
+            "--serving-model-name",
+            "tf-serving",
+            "--output",
+            str(tmp_path / "o"),
+        ]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert f"cannot ask TF Serving at {model_server} for model 'tf-serving'" in err
+    assert "NOT_FOUND" in err

@@ -1,4 +1,4 @@
-"""Pure steps of the Beam jobs: image checks, batch isolation, rows, names, labels, gate."""
+"""Pure steps of the Beam jobs: image checks, rows, names, gate."""
 
 from __future__ import annotations
 
@@ -6,15 +6,16 @@ import csv
 import io
 import json
 
-import numpy as np
 import pytest
 
-from beam_jobs import files, labels, stages, summary
+from beam_jobs import files, stages, summary
 from beam_jobs.config import ConfigError, EvaluateConfig, ScoreConfig, ScoringOptions
 from histo_common.layout import RunModel, Summary
 from histo_common.results import RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
+from model_export.identity import ModelIdentity
+from model_export.scoring import ScoreOutcome
 
-MODEL = stages.ModelIdentity(name="histo-cnn", version=3, uri="/m/histo-cnn/3")
+MODEL = ModelIdentity(name="histo-cnn", version=3, uri="/m/histo-cnn/3")
 
 EXPECTED_REASONS = {
     "empty.png": "empty",
@@ -53,65 +54,9 @@ def test_size_limit_is_checked_before_reading() -> None:
     assert isinstance(row, ErrorRow) and "over the limit" in row.reason and row.stage == "read"
 
 
-def _fake_signature(bad: set[bytes]):  # type: ignore[no-untyped-def]
-    calls = []
-
-    class BadImage(ValueError):
-        pass
-
-    def call(images: list[bytes]) -> dict[str, np.ndarray]:
-        calls.append(len(images))
-        if bad & set(images):
-            raise BadImage("cannot decode image\nwith a long graph trace")
-        p = np.asarray([len(i) / 10 for i in images], dtype=np.float32)
-        return {
-            "probability": p,
-            "label": np.asarray([b"malignant" if x >= 0.5 else b"benign" for x in p]),
-            "threshold": np.full(len(images), 0.5, dtype=np.float32),
-        }
-
-    return call, calls, lambda exc: isinstance(exc, BadImage)
-
-
-def test_score_batch_isolates_refused_images() -> None:
-    bad = {b"xx", b"yyyyy"}
-    call, calls, is_input = _fake_signature(bad)
-    images = [b"a", b"xx", b"abc", b"abcdef", b"yyyyy", b"abcd", b"ab", b"abcdefg"]
-    outcomes = stages.score_batch(images, call, MODEL, is_input)
-    assert len(outcomes) == len(images)
-    for image, outcome in zip(images, outcomes, strict=True):
-        if image in bad:
-            assert outcome.prediction is None
-            assert outcome.error == "BadImage: cannot decode image"
-        else:
-            assert outcome.prediction.probability == pytest.approx(len(image) / 10)
-            assert outcome.model == MODEL
-    assert calls[0] == len(images)  # tried as one batch first
-
-
-def test_one_line_keeps_what_went_wrong() -> None:
-    tf_message = (
-        "Graph execution error:\n\nDetected at node map/DecodeImage defined at (most recent "
-        "call last):\n<stack traces unavailable>\nInvalid PNG. Failed to initialize decoder.\n"
-        "\t [[{{node map/DecodeImage}}]] [Op:__inference_signature_wrapper_2175]"
-    )
-    assert stages.one_line(ValueError(tf_message)) == (
-        "ValueError: Invalid PNG. Failed to initialize decoder."
-    )
-    assert stages.one_line("x" * 400).endswith("...") and len(stages.one_line("x" * 400)) == 300
-
-
-def test_score_batch_propagates_infrastructure_errors() -> None:
-    def broken(images: list[bytes]) -> dict[str, np.ndarray]:
-        raise ConnectionError("model server gone")
-
-    with pytest.raises(ConnectionError):
-        stages.score_batch([b"a", b"b"], broken, MODEL, lambda exc: False)
-
-
 def test_result_row_and_error_row() -> None:
     image = stages.CheckedImage("gs://b/x.png", b"..", 50, 40, "PNG")
-    ok = stages.ScoreOutcome(Prediction(0.81234567, "malignant", 0.5), MODEL)
+    ok = ScoreOutcome(Prediction(0.81234567, "malignant", 0.5), MODEL)
     row = stages.result_row(image, ok)
     assert isinstance(row, ResultRow)
     assert (row.uri, row.label, row.model_version, row.image_width, row.image_height) == (
@@ -121,7 +66,7 @@ def test_result_row_and_error_row() -> None:
         50,
         40,
     )
-    refused = stages.ScoreOutcome(None, MODEL, error="InvalidArgumentError: bad")
+    refused = ScoreOutcome(None, MODEL, error="InvalidArgumentError: bad")
     err = stages.result_row(image, refused)
     assert isinstance(err, ErrorRow) and err.stage == "score" and "bad" in err.reason
 
@@ -166,35 +111,6 @@ def test_match_inputs_deduplicates_across_patterns(tmp_path) -> None:  # type: i
         str(tmp_path / "d" / n) for n in ("a.png", "b.png", "c.jpg")
     ]
     assert all(m.size == 3 for m in matched)
-
-
-def test_labels_from_paths_and_names() -> None:
-    assert labels.label_from_path("gs://b/set/malignant/x.png") == "malignant"
-    assert labels.label_from_path("/d/Benign/sub/x.png") == "benign"
-    assert labels.label_from_path("/d/other/x.png") is None
-    assert labels.patient_from_name("/x/8863_idx5_x1001_y1001_class0.png") == "8863"
-    assert labels.patient_from_name("SOB_M_DC-14-2523-400-001.png") == "14-2523"
-    assert labels.patient_from_name("SOB_B_A-14-22549AB-40-001.png") == "14-22549AB"
-    assert labels.patient_from_name("synthetic_benign_00001.png") is None
-
-
-def test_labels_csv_resolves_relative_paths(tmp_path) -> None:  # type: ignore[no-untyped-def]
-    text = "path,label,patient_id\nimgs/a.png,malignant,p1\ngs://b/c.png,0,\nimgs/8863_idx5_x1_y1_class0.png,benign,\n"
-    parsed = labels.parse_labels_csv(text, f"{tmp_path}/labels.csv")
-    assert parsed[labels.normalise_uri(f"{tmp_path}/imgs/a.png")] == labels.TrueLabel(
-        "malignant", "p1"
-    )
-    assert parsed["gs://b/c.png"] == labels.TrueLabel("benign", None)
-    assert (
-        parsed[labels.normalise_uri(f"{tmp_path}/imgs/8863_idx5_x1_y1_class0.png")].patient_id
-        == "8863"
-    )
-    found = labels.true_label(f"file://{tmp_path}/imgs/a.png", parsed)
-    assert found == labels.TrueLabel("malignant", "p1")
-    with pytest.raises(labels.LabelsError, match="line 2"):
-        labels.parse_labels_csv("path,label\nx.png,maybe\n", "l.csv")
-    with pytest.raises(labels.LabelsError, match="'label'"):
-        labels.parse_labels_csv("file,class\nx.png,benign\n", "l.csv")
 
 
 def test_configs_refuse_bad_flags() -> None:

@@ -13,9 +13,10 @@ import pytest
 from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
-from beam_jobs import files, score, stages
+from beam_jobs import files, stages
 from beam_jobs.model_handler import HistoModelHandler, ServingModelHandler
 from beam_jobs.transforms import ERRORS, EXPLAINED, ReadImages, ScoreImages
+from model_export.identity import ModelIdentity, resolve_model
 
 # The in-process engine; a bare TestPipeline would first try to download Prism.
 RUNNER = "FnApiRunner"
@@ -89,7 +90,7 @@ def test_score_images_matches_the_model_and_isolates_bad_bytes(
     }
     # Passes the header check's shape but not TensorFlow's decoder.
     bad = stages.CheckedImage("mem://bad.png", b"\x89PNG\r\n\x1a\nnot really", 1, 1, "PNG")
-    identity = score.resolve_identity(tiny_model.root_uri, None)
+    identity = resolve_model(tiny_model.root_uri).identity
     handler = HistoModelHandler(identity.uri, identity=identity, min_batch_size=3, max_batch_size=4)
     with BeamTestPipeline(runner=RUNNER) as p:
         out = p | beam.Create([*images, bad]) | ScoreImages(handler)
@@ -110,7 +111,7 @@ def test_score_images_matches_the_model_and_isolates_bad_bytes(
 def test_score_images_with_explain_yields_heatmaps(tiny_model, small_set: Path) -> None:  # type: ignore[no-untyped-def]
     paths = sorted(small_set.rglob("*.png"))[:2]
     images = [stages.check_image(str(p), p.read_bytes()) for p in paths]
-    identity = score.resolve_identity(tiny_model.version_uri, None)
+    identity = resolve_model(tiny_model.version_uri).identity
     handler = HistoModelHandler(identity.uri, identity=identity, signature="explain")
     with BeamTestPipeline(runner=RUNNER) as p:
         out = p | beam.Create(images) | ScoreImages(handler)
@@ -140,16 +141,16 @@ def two_versions(tmp_path: Path, tiny_model) -> Path:  # type: ignore[no-untyped
 
 
 def test_handler_picks_latest_version_or_the_one_named(two_versions: Path) -> None:
-    latest = score.resolve_identity(str(two_versions), None)
+    latest = resolve_model(str(two_versions)).identity
     assert (latest.version, latest.uri) == (2, f"{two_versions}/2")
-    named = score.resolve_identity(f"{two_versions}/1", None)
+    named = resolve_model(f"{two_versions}/1").identity
     assert (named.version, named.uri) == (1, f"{two_versions}/1")
     model = HistoModelHandler(named.uri, identity=named).load_model()
     assert model.version == 1
 
 
 def test_handler_batching_and_sharing_settings() -> None:
-    identity = stages.ModelIdentity("m", 1, "/m/1")
+    identity = ModelIdentity("m", 1, "/m/1")
     handler = HistoModelHandler("/m/1", identity=identity)
     assert handler.batch_elements_kwargs() == {"min_batch_size": 32, "max_batch_size": 256}
     assert handler.share_model_across_processes() is False
@@ -174,7 +175,7 @@ class _FakeServingClient:
         self.endpoint = endpoint
         self.signatures: list[str] = []
 
-    def predict(self, images: list[bytes], signature: str = "serving_default") -> dict:
+    def run(self, signature: str, images: list[bytes]) -> dict:
         import tensorflow as tf
 
         self.signatures.append(signature)
@@ -186,7 +187,7 @@ class _FakeServingClient:
 
 def test_serving_handler_scores_through_the_client(loaded_tiny_model, small_set: Path) -> None:  # type: ignore[no-untyped-def]
     _FakeServingClient.model = loaded_tiny_model
-    identity = stages.ModelIdentity("histo-cnn", 1, "host:8500")
+    identity = ModelIdentity("histo-cnn", 1, "host:8500")
     handler = ServingModelHandler("host:8500", identity=identity, client_factory=_FakeServingClient)
     client = handler.load_model()
     assert client.endpoint == "host:8500"

@@ -94,7 +94,7 @@ def test_overlay_draws_heat_where_the_heatmap_is_high() -> None:
     image = np.full((50, 50, 3), 200, np.uint8)
     heat = np.zeros((12, 12), np.float32)
     heat[:6, :6] = 1.0  # hot top-left quadrant
-    caption = overlay_caption("malignant", 0.93, 0.5)
+    caption = overlay_caption("malignant", 0.93, 0.5, "malignant")
     png = render_overlay(image, heat, caption=caption)
     out = np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
     assert out.shape[0] > 256 and out.shape[1] > 256  # enlarged to be readable

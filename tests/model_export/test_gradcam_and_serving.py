@@ -3,7 +3,6 @@ the TF Serving gRPC client round-trips through a PredictionService backed by the
 
 from __future__ import annotations
 
-from concurrent import futures
 from pathlib import Path
 
 import numpy as np
@@ -103,45 +102,11 @@ def test_mobilenet_v2_nested_base_exports_and_explains(tmp_path: Path) -> None:
     np.testing.assert_allclose(out["probability"], model.predict(x, verbose=0)[:, 0], atol=1e-5)
 
 
-@pytest.fixture
-def prediction_server(loaded_tiny_model):  # type: ignore[no-untyped-def]
-    """A real gRPC PredictionService on 127.0.0.1, backed by the exported SavedModel."""
-    import grpc
-    from tensorflow_serving.apis import predict_pb2, prediction_service_pb2_grpc
-
-    from model_export.serving_client import from_ndarray, to_ndarray
-
-    class Servicer(prediction_service_pb2_grpc.PredictionServiceServicer):
-        def Predict(self, request, context):  # type: ignore[no-untyped-def] # noqa: N802
-            if request.model_spec.name != loaded_tiny_model.name:
-                context.abort(grpc.StatusCode.NOT_FOUND, f"no model {request.model_spec.name}")
-            images = [bytes(b) for b in to_ndarray(request.inputs[contract.INPUT_KEY]).ravel()]
-            signature = request.model_spec.signature_name or contract.PREDICT_SIGNATURE
-            import tensorflow as tf
-
-            try:
-                outputs = loaded_tiny_model.run(signature, images)
-            except tf.errors.InvalidArgumentError as exc:  # as TF Serving answers a bad image
-                context.abort(grpc.StatusCode.INVALID_ARGUMENT, exc.message)
-            response = predict_pb2.PredictResponse()
-            response.model_spec.CopyFrom(request.model_spec)
-            for key, value in outputs.items():
-                response.outputs[key].CopyFrom(from_ndarray(value))
-            return response
-
-    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
-    prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(Servicer(), server)
-    port = server.add_insecure_port("127.0.0.1:0")
-    server.start()
-    yield f"127.0.0.1:{port}"
-    server.stop(0)
-
-
-def test_serving_client_round_trip(prediction_server, loaded_tiny_model, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_round_trip(model_server, loaded_tiny_model, tiny_model) -> None:  # type: ignore[no-untyped-def]
     from model_export.serving_client import ServingClient
 
     images = [p.read_bytes() for p in sorted(Path(tiny_model.sample_dir).rglob("*.png"))[::10]]
-    client = ServingClient(prediction_server, "histo-cnn")
+    client = ServingClient(model_server, "histo-cnn")
     try:
         served = client.predict(images)
         local = loaded_tiny_model.run(contract.PREDICT_SIGNATURE, images)
@@ -153,10 +118,10 @@ def test_serving_client_round_trip(prediction_server, loaded_tiny_model, tiny_mo
         client.close()
 
 
-def test_serving_client_names_endpoint_on_error(prediction_server) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_names_endpoint_on_error(model_server) -> None:  # type: ignore[no-untyped-def]
     from model_export.serving_client import ServingClient, ServingError
 
-    client = ServingClient(prediction_server, "no-such-model")
+    client = ServingClient(model_server, "no-such-model")
     with pytest.raises(ServingError, match="NOT_FOUND"):
         client.predict([b"x"])
     client.close()
@@ -186,16 +151,16 @@ def test_serving_config_lists_model_roots(tmp_path: Path, tiny_model) -> None:  
     assert "model_platform: 'tensorflow'" in text
 
 
-def test_serving_client_reports_bad_images_as_bad_input(prediction_server) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_reports_bad_images_as_bad_input(model_server) -> None:  # type: ignore[no-untyped-def]
     """A server refusing the images says INVALID_ARGUMENT, which callers isolate per image."""
-    from beam_jobs.model_handler import is_grpc_input_error
+    from model_export.scoring import is_input_error
     from model_export.serving_client import ServingClient, ServingError
 
-    client = ServingClient(prediction_server, "histo-cnn")
+    client = ServingClient(model_server, "histo-cnn")
     try:
         with pytest.raises(ServingError) as err:
             client.predict([b"not an image"])
     finally:
         client.close()
     assert err.value.status == "INVALID_ARGUMENT" and err.value.bad_input
-    assert is_grpc_input_error(err.value)
+    assert is_input_error(err.value)

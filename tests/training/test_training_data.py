@@ -11,6 +11,7 @@ from PIL import Image
 
 from histo_common.labels import LabelledImage, patient_id_from_name, read_labels_csv
 from histo_common.samples import encode_png, synth_patch
+from model_export.contract import DEFAULT_CLASS_NAMES
 from training.data import (
     DataError,
     Dataset,
@@ -172,7 +173,7 @@ def test_labels_csv_with_patients(tmp_path: Path) -> None:
         "path,label,patient_id\nimg/0.png,benign,A\nimg/1.png,malignant,A\n"
         "img/2.png,benign,B\nimg/3.png,malignant,C\n"
     )
-    items = read_labels_csv(str(tmp_path / "labels.csv"))
+    items = read_labels_csv(str(tmp_path / "labels.csv"), DEFAULT_CLASS_NAMES)
     assert items[0] == LabelledImage(str(tmp_path / "img" / "0.png"), "benign", "A")
     ds = load_examples(str(tmp_path / "labels.csv"))
     assert ds.summary() == {"images": 4, "per_class": {"benign": 2, "malignant": 2}, "patients": 3}
