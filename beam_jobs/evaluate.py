@@ -12,6 +12,9 @@ patient ids). Writes ``metrics.json``, ``plots/*.png`` and a self-contained
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import argparse
 import json
 import logging
