@@ -115,6 +115,7 @@ def quiet_stderr(level: int) -> Iterator[None]:
             logger.debug("TensorFlow's start-up lines left unfiltered: %s", exc)
             if child is not None:
                 child.kill()
+                child.wait()
             child = None
     try:
         yield
