@@ -14,6 +14,7 @@ _ROOT = str(Path(__file__).resolve().parents[1])
 if _ROOT not in sys.path:
     sys.path.insert(0, _ROOT)
 
+import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
 from app.views import main  # noqa: E402
 
 main()

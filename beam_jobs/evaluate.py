@@ -16,6 +16,9 @@ folder (names from :mod:`histo_common.layout`).
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import argparse
 import json
 import logging

@@ -12,6 +12,9 @@ DirectRunner by default; pass ``--runner DataflowRunner --project P --region R
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import argparse
 import logging
 import sys

@@ -34,7 +34,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
-
+import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
 from functions.watch import finalized_event, free_port  # noqa: E402
 from histo_common import storage  # noqa: E402
 from histo_common.samples import generate_samples  # noqa: E402

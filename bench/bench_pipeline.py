@@ -28,6 +28,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
+
 IDC = REPO.parent / "shared" / "data" / "idc"
 
 

@@ -30,13 +30,13 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 os.environ.setdefault("NO_GCE_CHECK", "true")
 os.environ.setdefault("GCE_METADATA_HOST", "127.0.0.1:9")
 os.environ.setdefault("GCE_METADATA_IP", "127.0.0.1:9")
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
 
 IMAGE_SIZE = 64  # the model's input side
 PATCH_SIZE = 50  # the patches' side (as in IDC)

@@ -29,6 +29,8 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
+import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
+
 IDC = REPO.parent / "shared" / "data" / "idc"
 # One patient with both classes and three with IDC only, never seen in training.
 TEST_PATIENTS = ("8864", "8918", "8955", "8974")

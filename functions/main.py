@@ -17,6 +17,9 @@ fails at start with one clear sentence; the model loads on the first event.
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import json
 import logging
 from typing import Any

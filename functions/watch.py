@@ -16,6 +16,9 @@ by ``STORAGE_EMULATOR_HOST`` unchanged. Like Eventarc, a delivery that fails
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import argparse
 import hashlib
 import logging

@@ -7,6 +7,9 @@ override the file.
 
 from __future__ import annotations
 
+import histo_common.tensorflow_env  # noqa: F401  (first: sets up TensorFlow before its import)
+
+# isort: split
 import argparse
 import logging
 import sys

@@ -18,6 +18,7 @@ import logging
 import os
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,40 +99,108 @@ def build_model(config: TrainConfig, n_classes: int):  # type: ignore[no-untyped
 
 
 def choose_threshold(
-    y_true: np.ndarray, scores: np.ndarray, method: str, fixed: float
+    y_true: np.ndarray,
+    scores: np.ndarray,
+    method: str,
+    fixed: float,
+    source: str = "validation predictions",
 ) -> tuple[float, str]:
-    """Pick the decision threshold on validation predictions.
+    """Pick the decision threshold on held-out predictions; returns it and how it was chosen.
 
-    ``youden`` maximises sensitivity + specificity - 1 (balanced accuracy) over the
-    ROC curve of the validation patients; ties go to the threshold nearest 0.5.
+    ``youden`` maximises Youden's J (sensitivity + specificity - 1) over ``scores`` (the
+    probability of the positive class). Every threshold in a gap between two adjacent
+    scores classifies alike, so the optimum is a set of intervals, often one wide gap on
+    separable scores. The threshold is the middle of the optimal range in logit space
+    (see :func:`middle_of_optimal_range`), never its edge. With one class only, or no
+    threshold better than chance (J <= 0, e.g. constant scores), ``fixed`` is used and
+    the returned sentence says why. ``fixed`` uses ``fixed`` as given.
+
+    Args:
+        y_true: 0/1 labels.
+        scores: probabilities of class 1, same length.
+        method: ``"youden"`` or ``"fixed"``.
+        fixed: the fixed threshold (and the fallback).
+        source: what the predictions are, for the sentence.
     """
     from sklearn.metrics import roc_curve
 
-    if method == "fixed" or len(np.unique(y_true)) < 2:
+    if method == "fixed":
         if fixed == 0.5:
             return 0.5, (
                 "fixed at 0.5: training weights the classes equally, so 0.5 is the "
                 "balanced-accuracy threshold of a calibrated model"
             )
         return float(fixed), f"fixed at {fixed}"
-    fpr, tpr, thresholds = roc_curve(y_true, scores, drop_intermediate=False)
+    y_true, scores = np.asarray(y_true), np.asarray(scores, dtype=np.float64)
+    if not np.isfinite(scores).all():
+        raise TrainingError(
+            f"the {source} contain NaN or infinite probabilities: training diverged; "
+            "lower --learning-rate and train again"
+        )
+    if len(np.unique(y_true)) < 2:
+        return float(fixed), (
+            f"fixed at {fixed}: the {source} hold one class only, so Youden's J is undefined"
+        )
+    fpr, tpr, cut = roc_curve(y_true, scores, drop_intermediate=False)
     j = tpr - fpr
-    finite = np.isfinite(thresholds)
-    candidates = []
-    for i in np.flatnonzero(np.isclose(j, j[finite].max()) & finite):
-        # Every threshold between this score and the next lower one classifies the
-        # data alike; take the middle of that gap (in logit space) rather than its edge.
-        lower = thresholds[i + 1] if i + 1 < len(thresholds) else 0.0
-        candidates.append(_logit_midpoint(float(thresholds[i]), float(lower)))
-    threshold = min(candidates, key=lambda t: abs(t - 0.5))
-    return threshold, "Youden's J (max sensitivity + specificity) on held-out validation patients"
+    if j.max() <= 1e-12:
+        return float(fixed), (
+            f"fixed at {fixed}: no threshold on the {source} beats chance (Youden's J <= 0)"
+        )
+    # Point i predicts positive when score >= cut[i], as does every threshold in
+    # (cut[i + 1], cut[i]]; cut[0] is +inf (nothing positive), the last point all positive.
+    lower = np.append(cut[1:], 0.0)
+    upper = np.minimum(cut, 1.0)
+    best = np.flatnonzero(np.isclose(j, j.max(), rtol=0.0, atol=1e-9))
+    intervals = [(float(lower[i]), float(upper[i])) for i in best]
+    threshold = middle_of_optimal_range(intervals)
+    low, high = min(lo for lo, _ in intervals), max(hi for _, hi in intervals)
+    ties = f"{len(intervals)} tied optimal ranges " if len(intervals) > 1 else "optimal "
+    return threshold, (
+        f"Youden's J (max sensitivity + specificity, J = {j.max():.3f}) on {source}: "
+        f"{ties}from {low:.3g} to {high:.3g}, threshold at the middle in logit space"
+    )
 
 
-def _logit_midpoint(upper: float, lower: float) -> float:
-    eps = 1e-6
-    hi, lo = np.clip([upper, lower], eps, 1 - eps)
-    mid = (np.log(hi / (1 - hi)) + np.log(lo / (1 - lo))) / 2
-    return float(1 / (1 + np.exp(-mid)))
+def middle_of_optimal_range(intervals: Sequence[tuple[float, float]]) -> float:
+    """The middle, in logit space, of equally optimal threshold intervals ``(low, high]``.
+
+    One interval gives its logit midpoint, so on separable scores the threshold sits in
+    the gap between the classes, not on a score at its edge. Several tied intervals give
+    the logit midpoint of their whole span when that point is itself optimal; otherwise
+    (the optima are apart) the midpoint of the optimal interval nearest to it, so the
+    threshold always keeps the optimal value. Probabilities are clipped to
+    ``[1e-6, 1 - 1e-6]`` before the logit; where clipping leaves no room inside an
+    interval, its plain midpoint is used.
+    """
+    if not intervals:
+        raise ValueError("no optimal interval to take the middle of")
+    span = (min(lo for lo, _ in intervals), max(hi for _, hi in intervals))
+    middle = _logit_midpoint(*span)
+    for lo, hi in intervals:
+        if lo < middle <= hi:
+            return middle
+    centre = _logit(middle)
+
+    def distance(interval: tuple[float, float]) -> float:
+        lo, hi = _logit(interval[0]), _logit(interval[1])
+        return max(lo - centre, centre - hi, 0.0)
+
+    return _logit_midpoint(*min(intervals, key=distance))
+
+
+_LOGIT_EPS = 1e-6
+
+
+def _logit(p: float) -> float:
+    q = float(np.clip(p, _LOGIT_EPS, 1 - _LOGIT_EPS))
+    return float(np.log(q / (1 - q)))
+
+
+def _logit_midpoint(low: float, high: float) -> float:
+    """Midpoint of ``(low, high]`` in logit space, inside the interval."""
+    mid = float(1 / (1 + np.exp(-(_logit(low) + _logit(high)) / 2)))
+    return mid if low < mid <= high else (low + high) / 2
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
@@ -481,10 +550,8 @@ def train(config: TrainConfig) -> TrainResult:
         where = "out-of-fold (patient-grouped) predictions" if len(splits) > 1 else "validation"
         if n_classes == 2:
             threshold, how = choose_threshold(
-                y_held, scores, config.threshold_method, config.fixed_threshold
+                y_held, scores, config.threshold_method, config.fixed_threshold, source=where
             )
-            if config.threshold_method == "youden":
-                how = f"Youden's J (max sensitivity + specificity) on {where}"
             val_metrics = binary_metrics(y_held, scores, threshold)
         else:
             threshold, how = config.fixed_threshold, f"fixed at {config.fixed_threshold}"

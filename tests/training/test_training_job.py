@@ -160,21 +160,91 @@ def test_alpha_is_read_from_weights_file_name() -> None:
     assert config.resolved_alpha == 0.5
 
 
-def test_youden_threshold_on_known_scores() -> None:
+def _logit(p: float) -> float:
+    return float(np.log(p / (1 - p)))
+
+
+def test_youden_threshold_on_separable_scores_sits_mid_gap() -> None:
+    from training.train import binary_metrics, choose_threshold
+
+    # Out-of-fold probabilities crowded near 0, as the demo model's are.
+    benign = np.array([0.0001, 0.0002, 0.0003, 0.0005, 0.0008])
+    malignant = np.array([0.02, 0.05, 0.3, 0.9, 0.99])
+    y = np.r_[np.zeros(5), np.ones(5)].astype(int)
+    threshold, how = choose_threshold(y, np.r_[benign, malignant], "youden", 0.5)
+    assert benign.max() < threshold < malignant.min()
+    middle = (_logit(benign.max()) + _logit(malignant.min())) / 2
+    assert _logit(threshold) == pytest.approx(middle, abs=1e-6)
+    assert "0.0008" in how and "0.02" in how and "middle in logit space" in how
+    assert binary_metrics(y, np.r_[benign, malignant], threshold)["balanced_accuracy"] == 1.0
+
+
+def test_youden_unique_optimum_on_overlapping_scores() -> None:
+    from training.train import choose_threshold
+
+    y = np.array([0, 0, 0, 0, 1, 0, 1, 1])
+    s = np.array([0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8])
+    threshold, how = choose_threshold(y, s, "youden", 0.5)
+    # J is 0.8 only for thresholds in (0.4, 0.5] (0.67 or less elsewhere): its middle.
+    assert 0.4 < threshold <= 0.5
+    assert _logit(threshold) == pytest.approx((_logit(0.4) + _logit(0.5)) / 2, abs=1e-6)
+    assert "J = 0.800" in how and "tied" not in how
+
+
+def test_youden_tie_between_distinct_optima_takes_the_middle() -> None:
     from training.train import binary_metrics, choose_threshold
 
     y = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     s = np.array([0.1, 0.2, 0.3, 0.7, 0.6, 0.8, 0.9, 0.95])
     threshold, how = choose_threshold(y, s, "youden", 0.5)
-    # Two cut points tie (J = 0.75); the middle of the gap below 0.6 (down to 0.3),
-    # in logit space, is nearest 0.5.
-    assert threshold == pytest.approx(0.4449, abs=1e-3)
-    assert "Youden" in how
+    # Two gaps tie at J = 0.75: (0.3, 0.6] and (0.7, 0.8]. The logit middle of the whole
+    # optimal range (0.3 to 0.8) is 0.567, inside the first gap, so it is kept.
+    assert threshold == pytest.approx(1 / (1 + np.exp(-(_logit(0.3) + _logit(0.8)) / 2)))
+    assert 0.3 < threshold <= 0.6
+    assert "2 tied optimal ranges from 0.3 to 0.8" in how
     m = binary_metrics(y, s, threshold)
     assert m["sensitivity"] == 1.0 and m["specificity"] == 0.75
-    assert m["balanced_accuracy"] == pytest.approx(0.875)
+
+
+def test_middle_of_apart_optima_keeps_an_optimal_threshold() -> None:
+    from training.train import middle_of_optimal_range
+
+    # The span's logit middle (0.5) is in neither interval: take the middle of the
+    # interval nearest it, never a point between the optima.
+    threshold = middle_of_optimal_range([(0.05, 0.1), (0.6, 0.95)])
+    assert 0.6 < threshold <= 0.95
+    assert _logit(threshold) == pytest.approx((_logit(0.6) + _logit(0.95)) / 2)
+    # Probabilities at 0 and 1 are clipped before the logit, so the middle stays inside.
+    assert middle_of_optimal_range([(0.0, 1e-9)]) == pytest.approx(5e-10)
+    assert middle_of_optimal_range([(0.0, 1.0)]) == pytest.approx(0.5)
+
+
+@pytest.mark.parametrize(
+    ("y", "s", "why"),
+    [
+        ([0, 0, 0, 0], [0.1, 0.2, 0.3, 0.4], "one class only"),
+        ([0, 0, 1, 1], [0.3, 0.3, 0.3, 0.3], "beats chance"),
+        ([0, 0, 1, 1], [0.9, 0.8, 0.2, 0.1], "beats chance"),
+    ],
+)
+def test_youden_without_a_useful_threshold_falls_back_to_fixed(
+    y: list[int], s: list[float], why: str
+) -> None:
+    from training.train import choose_threshold
+
+    threshold, how = choose_threshold(np.array(y), np.array(s), "youden", 0.4)
+    assert threshold == 0.4
+    assert how.startswith("fixed at 0.4") and why in how
+
+
+def test_fixed_threshold_and_diverged_scores() -> None:
+    from training.train import TrainingError, choose_threshold
+
+    y, s = np.array([0, 1]), np.array([0.2, 0.8])
     assert choose_threshold(y, s, "fixed", 0.4) == (0.4, "fixed at 0.4")
     assert choose_threshold(y, s, "fixed", 0.5)[0] == 0.5
+    with pytest.raises(TrainingError, match="NaN"):
+        choose_threshold(y, np.array([0.2, np.nan]), "youden", 0.5)
 
 
 def _pins(path: Path) -> dict[str, str]:
