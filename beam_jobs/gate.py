@@ -14,11 +14,9 @@ from typing import Any
 from beam_jobs.config import GateConfig
 from histo_common import DISCLAIMER, storage
 from histo_common.results import utc_now
+from model_export.contract import BLESSED, NOT_BLESSED
 
 logger = logging.getLogger(__name__)
-
-BLESSED = "BLESSED"
-NOT_BLESSED = "NOT_BLESSED"
 
 # Flag name (after --min- / --max-) -> metric key in metrics.json.
 MIN_FLAGS = {

@@ -12,6 +12,9 @@ TensorFlow Serving expects) and holds:
     model's input size S, for the positive class.
 
 - ``metadata.json``: a :class:`ModelMetadata`.
+- optionally ``BLESSED`` or ``NOT_BLESSED``: a short text with the reasons, written by
+  the evaluation gate or by training (``--min-oof-auc``); the loader's "latest" skips
+  versions marked ``NOT_BLESSED``.
 
 Decoding, resizing and normalisation are inside the signatures, so no caller
 re-implements them. This module has no TensorFlow import: readers of metadata
@@ -29,6 +32,9 @@ SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
 KERAS_FILE = "model.keras"
+# Verdict files beside a version (the evaluation gate and training write them).
+BLESSED = "BLESSED"
+NOT_BLESSED = "NOT_BLESSED"
 
 INPUT_KEY = "image_bytes"
 PREDICT_SIGNATURE = "serving_default"
@@ -60,6 +66,8 @@ class ModelMetadata:
     validation_metrics: dict[str, Any] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
     run_uri: str | None = None
+    # One sentence per reason to doubt the model (weak out-of-fold AUC, ...); empty if none.
+    warnings: list[str] = field(default_factory=list)
     tensorflow_version: str = ""
     keras_version: str = ""
     project_version: str = ""

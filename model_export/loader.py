@@ -1,9 +1,10 @@
 """Loading a model version in the contract: the one loader every unit uses.
 
 ``load_model(uri)`` takes a model root (``<models>/<name>``: the latest complete
-version is picked) or one version (``<models>/<name>/<version>``), local or
-``gs://``; checks the metadata and the signatures; and returns a
-:class:`LoadedModel` whose ``predict``/``explain`` take raw encoded image bytes.
+version not marked ``NOT_BLESSED`` is picked) or one version
+(``<models>/<name>/<version>``), local or ``gs://``; checks the metadata and the
+signatures; and returns a :class:`LoadedModel` whose ``predict``/``explain`` take
+raw encoded image bytes.
 Any problem is one :class:`ModelLoadError` sentence naming the URI and what to do.
 """
 
@@ -42,6 +43,9 @@ class Explanation:
 def resolve_version(uri: str) -> tuple[str, int]:
     """Return ``(version_uri, version)`` for a model root or a version URI.
 
+    A root resolves to its newest complete version not marked ``NOT_BLESSED``; a
+    version URI resolves to itself, marked or not (with a warning when marked).
+
     Raises:
         ModelLoadError: when nothing loadable is there.
     """
@@ -56,17 +60,36 @@ def resolve_version(uri: str) -> tuple[str, int]:
                     f"{clean} has no {contract.METADATA_FILE}: it is not a complete model "
                     "version (an export still running, or not a model folder)"
                 )
+            if _not_blessed(clean):
+                logger.warning(
+                    "Loading %s although it is marked %s (see %s)",
+                    clean,
+                    contract.NOT_BLESSED,
+                    storage.join(clean, contract.NOT_BLESSED),
+                )
             return clean, int(last)
         versions = list_versions(clean)
+        if not versions:
+            raise ModelLoadError(
+                f"no model versions found under {clean}: expected <root>/<integer version>/ "
+                f"with {contract.METADATA_FILE}; train one with `python -m training --output "
+                "...` or pass the URI of a version"
+            )
+        for version in reversed(versions):
+            if not _not_blessed(f"{clean}/{version}"):
+                return f"{clean}/{version}", version
+            logger.info("Skipping %s/%d: marked %s", clean, version, contract.NOT_BLESSED)
     except storage.StorageError as exc:
         raise ModelLoadError(f"cannot read model at {clean}: {exc}") from exc
-    if not versions:
-        raise ModelLoadError(
-            f"no model versions found under {clean}: expected <root>/<integer version>/ with "
-            f"{contract.METADATA_FILE}; train one with `python -m training --output ...` or "
-            "pass the URI of a version"
-        )
-    return f"{clean}/{versions[-1]}", versions[-1]
+    raise ModelLoadError(
+        f"every version under {clean} is marked {contract.NOT_BLESSED}: pass the URI of a "
+        "version to load one anyway, or train or bless a better one"
+    )
+
+
+def _not_blessed(version_uri: str) -> bool:
+    """True when the version folder holds a ``NOT_BLESSED`` verdict."""
+    return storage.exists(storage.join(version_uri, contract.NOT_BLESSED))
 
 
 def read_metadata(version_uri: str) -> contract.ModelMetadata:
