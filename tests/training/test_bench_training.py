@@ -101,6 +101,25 @@ def test_summary_means_ranges_and_wins(bench) -> None:  # type: ignore[no-untype
     assert "| default | 2 | 0.850 [0.750, 0.950] |" in table
 
 
+def test_pooled_figures_by_image_and_by_patient(bench) -> None:  # type: ignore[no-untyped-def]
+    def pred(patient: str, label: int, p: float) -> dict:
+        return {"patient": patient, "label": label, "probability": p}
+
+    # Two groups' models, thresholds 0.5 and 0.2; patient "b" is called wrongly by majority.
+    runs = [
+        {"seed": 1, "threshold": 0.5, "predictions": [pred("a", 1, 0.9), pred("a", 1, 0.6),
+                                                       pred("b", 0, 0.7), pred("b", 0, 0.8)]},
+        {"seed": 1, "threshold": 0.2, "predictions": [pred("c", 0, 0.1), pred("c", 0, 0.3),
+                                                       pred("d", 1, 0.4)]},
+    ]  # fmt: skip
+    pooled = bench.pooled_figures(runs)
+    assert pooled["patients"] == 4
+    assert pooled["patient_accuracy"] == pytest.approx(0.5)  # a and d right; b and c wrong
+    # Images: malignant 3/3 called; benign: c's 0.1 only (1 of 4) -> (1 + 0.25) / 2.
+    assert pooled["image_balanced_accuracy"] == pytest.approx(0.625)
+    assert 0.0 <= pooled["image_auc"] <= 1.0
+
+
 def _patient_csv(sample_dir: Path, path: Path) -> Path:
     """The synthetic samples as six patients, each class spread over three of them."""
     images = sorted(sample_dir.rglob("*.png"))
