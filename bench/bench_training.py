@@ -71,8 +71,9 @@ class Recipe:
     tta: bool = False
 
     def key(self) -> dict[str, Any]:
-        """What a saved result must match to be reused."""
-        return json.loads(json.dumps(asdict(self), sort_keys=True))
+        """What a saved result must match to be reused (the data folder's place aside)."""
+        text = json.dumps(asdict(self), sort_keys=True).replace(str(SHARED), "$SHARED")
+        return json.loads(text)
 
 
 _NO_STAIN = {"stain": 0, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
