@@ -24,7 +24,7 @@ export GCE_METADATA_IP := 127.0.0.1:9
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup lint format test pytest demo samples train score evaluate watch app \
-	function-zip bench bench-training infra-check infra-plan clean
+	function-zip bench bench-training bench-training-quick bench-training-breakhis infra-check infra-plan clean
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -87,8 +87,14 @@ bench: setup ## speed benchmarks (ratios against baselines measured in the same 
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_function.py
 
-bench-training: setup ## real-data quality benchmark on ../shared/data/idc (about an hour)
-	$(PY) bench/bench_training.py --seeds 1 2 --baseline
+bench-training: setup ## held-out IDC patients, full protocol (hours; a rerun resumes, ARGS=...)
+	$(PY) bench/bench_training.py --mode full $(ARGS)
+
+bench-training-quick: setup ## the same protocol, short budget, 2 groups, 1 seed (ablations: ARGS='--recipes ...')
+	$(PY) bench/bench_training.py --mode quick $(ARGS)
+
+bench-training-breakhis: setup ## BreakHis fields of view: split by patient vs by image, pooled
+	$(PY) bench/bench_training.py --dataset breakhis --mode quick $(ARGS)
 
 clean: ## remove generated buckets, reports and caches (keeps .venv)
 	rm -rf $(BUCKETS) build .pytest_cache

@@ -67,7 +67,7 @@ def main() -> int:
     from training.data import Example, make_dataset
     from training.train import _compile, build_model
 
-    config = TrainConfig(data="-", output="-")
+    config = TrainConfig(data="-", output="-", image_size=48)  # the IDC patches' default
     size, batch = config.image_size, config.batch_size
     with tempfile.TemporaryDirectory() as tmp:
         data, labels, source = load_images(args.images, Path(tmp))

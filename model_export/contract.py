@@ -12,6 +12,9 @@ TensorFlow Serving expects) and holds:
     model's input size S, for the positive class.
 
 - ``metadata.json``: a :class:`ModelMetadata`.
+- optionally ``BLESSED`` or ``NOT_BLESSED``: a short text with the reasons, written by
+  the evaluation gate or by training (``--min-oof-auc``); the loader's "latest" skips
+  versions marked ``NOT_BLESSED``.
 
 Decoding, resizing and normalisation are inside the signatures, so no caller
 re-implements them. This module has no TensorFlow import: readers of metadata
@@ -24,6 +27,11 @@ import json
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
+
+# Verdict files beside a version (the evaluation gate and training write them): the
+# run layout names them; re-exported for the loader and the function zip.
+from histo_common.layout import BLESSED as BLESSED
+from histo_common.layout import NOT_BLESSED as NOT_BLESSED
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -64,6 +72,8 @@ class ModelMetadata:
     validation_metrics: dict[str, Any] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
     run_uri: str | None = None
+    # One sentence per reason to doubt the model (weak out-of-fold AUC, ...); empty if none.
+    warnings: list[str] = field(default_factory=list)
     tensorflow_version: str = ""
     keras_version: str = ""
     project_version: str = ""

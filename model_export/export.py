@@ -134,6 +134,7 @@ def export_model(
     training_config: dict[str, Any] | None = None,
     run_uri: str | None = None,
     version: int | None = None,
+    warnings: list[str] | None = None,
 ) -> ExportResult:
     """Export a classifier (Keras model with ``backbone`` and ``head`` sub-models).
 
@@ -152,6 +153,7 @@ def export_model(
         training_config: the configuration the model was trained with.
         run_uri: where the training run's logs and history are.
         version: explicit version; default is one more than the highest present.
+        warnings: reasons to doubt the model, one sentence each (``metadata.json``).
 
     Returns:
         The version's URI, number and metadata.
@@ -173,6 +175,7 @@ def export_model(
         validation_metrics=validation_metrics or {},
         training_config=training_config or {},
         run_uri=run_uri,
+        warnings=list(warnings or []),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
         project_version=_project_version(),

@@ -14,12 +14,15 @@ server which version of a named model is available (``GetModelStatus``).
 
 from __future__ import annotations
 
+import logging
 import os
 import re
 from dataclasses import dataclass
 
 from histo_common import storage
 from model_export import contract
+
+logger = logging.getLogger(__name__)
 
 
 class ModelLoadError(RuntimeError):
@@ -74,6 +77,9 @@ def list_versions(model_root: str) -> list[int]:
 def resolve_version(uri: str) -> tuple[str, int]:
     """Return ``(version_uri, version)`` for a model root or a version URI.
 
+    A root resolves to its newest complete version not marked ``NOT_BLESSED``; a
+    version URI resolves to itself, marked or not (with a warning when marked).
+
     Raises:
         ModelLoadError: when nothing loadable is there.
     """
@@ -86,17 +92,36 @@ def resolve_version(uri: str) -> tuple[str, int]:
                     f"{clean} has no {contract.METADATA_FILE}: it is not a complete model "
                     "version (an export still running, or not a model folder)"
                 )
+            if _not_blessed(clean):
+                logger.warning(
+                    "Loading %s although it is marked %s (see %s)",
+                    clean,
+                    contract.NOT_BLESSED,
+                    storage.join(clean, contract.NOT_BLESSED),
+                )
             return clean, int(last)
         versions = list_versions(clean)
+        if not versions:
+            raise ModelLoadError(
+                f"no model versions found under {clean}: expected <root>/<integer version>/ "
+                f"with {contract.METADATA_FILE}; train one with `python -m training --output "
+                "...` or pass the URI of a version"
+            )
+        for version in reversed(versions):
+            if not _not_blessed(f"{clean}/{version}"):
+                return f"{clean}/{version}", version
+            logger.info("Skipping %s/%d: marked %s", clean, version, contract.NOT_BLESSED)
     except storage.StorageError as exc:
         raise ModelLoadError(f"cannot read model at {clean}: {exc}") from exc
-    if not versions:
-        raise ModelLoadError(
-            f"no model versions found under {clean}: expected <root>/<integer version>/ with "
-            f"{contract.METADATA_FILE}; train one with `python -m training --output ...` or "
-            "pass the URI of a version"
-        )
-    return f"{clean}/{versions[-1]}", versions[-1]
+    raise ModelLoadError(
+        f"every version under {clean} is marked {contract.NOT_BLESSED}: pass the URI of a "
+        "version to load one anyway, or train or bless a better one"
+    )
+
+
+def _not_blessed(version_uri: str) -> bool:
+    """True when the version folder holds a ``NOT_BLESSED`` verdict."""
+    return storage.exists(storage.join(version_uri, contract.NOT_BLESSED))
 
 
 def read_metadata(version_uri: str) -> contract.ModelMetadata:

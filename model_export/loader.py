@@ -1,9 +1,10 @@
 """Loading a model version in the contract: the one loader every unit uses.
 
 ``load_model(uri)`` takes a model root (``<models>/<name>``: the latest complete
-version is picked) or one version (``<models>/<name>/<version>``), local or
-``gs://``; checks the metadata and the signatures; and returns a
-:class:`LoadedModel` whose ``predict``/``explain`` take raw encoded image bytes.
+version not marked ``NOT_BLESSED`` is picked) or one version
+(``<models>/<name>/<version>``), local or ``gs://``; checks the metadata and the
+signatures; and returns a :class:`LoadedModel` whose ``predict``/``explain`` take
+raw encoded image bytes.
 Any problem is one :class:`ModelLoadError` sentence naming the URI and what to do.
 """
 

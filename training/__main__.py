@@ -62,8 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--learning-rate", type=float, help=f"default {_DEFAULTS['learning_rate']}")
     p.add_argument("--batch-size", type=int, help=f"default {_DEFAULTS['batch_size']}")
     p.add_argument(
-        "--image-size", type=int, help=f"input side in px (default {_DEFAULTS['image_size']})"
+        "--image-size",
+        type=int,
+        help="input side in px (default: from the images and the architecture, e.g. 48 for "
+        "50 px patches, 224 for MobileNetV2 on fields of view)",
     )
+    p.add_argument("--width", type=float, help="custom CNN: multiplier on filters and units")
+    p.add_argument("--label-smoothing", type=float, help="binary label smoothing (default 0)")
     p.add_argument("--dropout", type=float, help=f"default {_DEFAULTS['dropout']}")
     p.add_argument("--l2", type=float, help=f"L2 weight decay (default {_DEFAULTS['l2']})")
     p.add_argument("--seed", type=int, help=f"default {_DEFAULTS['seed']}")
@@ -83,6 +88,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fixed-threshold", type=float)
     p.add_argument("--early-stopping-patience", type=int)
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
+    p.add_argument(
+        "--weak-auc",
+        type=float,
+        help=f"warn below this out-of-fold AUC (default {_DEFAULTS['weak_auc']})",
+    )
+    p.add_argument(
+        "--max-threshold-spread",
+        type=float,
+        help="warn when the per-fold thresholds spread more than this in logit space "
+        f"(default {_DEFAULTS['max_threshold_spread']})",
+    )
+    p.add_argument(
+        "--min-oof-auc",
+        type=float,
+        help="below this out-of-fold AUC the version is written but marked NOT_BLESSED "
+        "(the loader's latest skips it)",
+    )
     p.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of failing"
     )
@@ -157,6 +179,10 @@ def main(argv: list[str] | None = None) -> int:
         f"{m.get('balanced_accuracy', float('nan')):.3f}, threshold {result.threshold:.3f} "
         f"({result.epochs_run} epochs, {result.train_seconds:.0f} s)"
     )
+    for warning in result.warnings:
+        print(f"Warning:    {warning}")
+    if not result.blessed:
+        print(f"NOT_BLESSED: {result.model_uri} (the loader's latest skips it)")
     print("Research use only: not a medical device.")
     return 0
 

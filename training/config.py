@@ -25,7 +25,9 @@ class Augmentation:
 
     flip: bool = True
     rotate90: bool = True
-    zoom: float = 0.1  # up to this fraction cropped away, then resized back
+    # Random crops: up to this fraction of the side cropped away, then resized to the
+    # input size. None: 0.1 for patches, 0.3 for fields of view (training.data.resolve_input).
+    zoom: float | None = None
     stain: float = 0.05  # H&E stain jitter: scale and shift in haematoxylin/eosin space
     brightness: float = 0.08
     contrast: float = 0.1
@@ -35,7 +37,7 @@ class Augmentation:
     def __post_init__(self) -> None:
         for name in ("zoom", "stain", "brightness", "contrast", "saturation", "hue"):
             value = getattr(self, name)
-            if not 0.0 <= value <= 0.5:
+            if value is not None and not 0.0 <= value <= 0.5:
                 raise ConfigError(f"augmentation.{name} must be in [0, 0.5], got {value}")
 
 
@@ -47,7 +49,11 @@ class TrainConfig:
     output: str
     model_name: str = DEFAULT_MODEL_NAME
     architecture: str = CUSTOM_CNN
-    image_size: int = 48
+    # Input side in px; None: from the images and the architecture
+    # (training.data.default_image_size: 48 for 50 px patches, 224 for fields of view).
+    image_size: int | None = None
+    width: float = 1.0  # custom CNN: multiplies every layer's filters and units
+    label_smoothing: float = 0.0
     epochs: int = 40
     batch_size: int = 64
     learning_rate: float = 1e-3
@@ -66,6 +72,13 @@ class TrainConfig:
     fixed_threshold: float = 0.5
     early_stopping_patience: int = 8
     max_minutes: float | None = 14.0
+    # The job warns (log and metadata "warnings") below this out-of-fold AUC, or when
+    # the per-fold thresholds spread wider than this in logit space (2.0: a factor of
+    # e^2, about 7, in odds; e.g. 0.27 against 0.73).
+    weak_auc: float = 0.8
+    max_threshold_spread: float = 2.0
+    # Below this out-of-fold AUC the version is written but marked NOT_BLESSED.
+    min_oof_auc: float | None = None
     # Transfer learning
     weights: str = "none"  # "imagenet", a path to no-top .h5 weights, or "none"
     alpha: float | None = None
@@ -90,10 +103,23 @@ class TrainConfig:
             raise ConfigError(
                 f"architecture must be one of {ARCHITECTURES}, got {self.architecture!r}"
             )
-        if not 16 <= self.image_size <= 512:
-            raise ConfigError(f"image_size must be in [16, 512], got {self.image_size}")
-        if self.architecture == MOBILENET_V2 and self.image_size < 32:
-            raise ConfigError("MobileNetV2 needs image_size of at least 32")
+        if self.image_size is not None:
+            if not 16 <= self.image_size <= 512:
+                raise ConfigError(f"image_size must be in [16, 512], got {self.image_size}")
+            if self.architecture == MOBILENET_V2 and self.image_size < 32:
+                raise ConfigError("MobileNetV2 needs image_size of at least 32")
+        if not 0.125 <= self.width <= 4.0:
+            raise ConfigError(f"width must be in [0.125, 4], got {self.width}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ConfigError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        for name in ("weak_auc", "min_oof_auc"):
+            value = getattr(self, name)
+            if value is not None and not 0.0 <= value <= 1.0:
+                raise ConfigError(f"{name} must be in [0, 1], got {value}")
+        if self.max_threshold_spread <= 0:
+            raise ConfigError(
+                f"max_threshold_spread must be positive, got {self.max_threshold_spread}"
+            )
         _positive("epochs", self.epochs)
         _positive("batch_size", self.batch_size)
         if not 0.0 < self.learning_rate < 1.0:

@@ -19,7 +19,8 @@ from histo_common import storage
 from histo_common.images import ImageError, inspect_image, prepare_for_model
 from histo_common.labels import LabelledImage, LabelsError, discover_labelled_images
 from model_export.contract import DEFAULT_CLASS_NAMES
-from training.config import Augmentation
+from training.config import Augmentation, TrainConfig, replace
+from training.models import MOBILENET_V2
 
 logger = logging.getLogger(__name__)
 
@@ -228,6 +229,85 @@ def fold_splits(dataset: Dataset, k: int, seed: int) -> list[Split]:
     return splits
 
 
+# ------------------------------------------------------------ input size
+
+# Random-crop strength when Augmentation.zoom is not given: small for patches (the
+# lesion fills them), larger for fields of view (many crops of one large field).
+PATCH_ZOOM = 0.1
+FIELD_ZOOM = 0.3
+# Sides with published ImageNet weights for MobileNetV2 (Keras applications).
+MOBILENET_SIDES = (96, 128, 160, 192, 224)
+CUSTOM_CNN_SIDES = (32, 128)  # the custom CNN's range: patches, up to small fields
+# Downscaling the short side by more than this loses the cells the model must see.
+MAX_DOWNSCALE = 4.0
+# A field of view: the short side is at least this many times the input side.
+FIELD_OF_VIEW_RATIO = 2.0
+
+
+def native_size(dataset: Dataset) -> tuple[int, int]:
+    """Median ``(width, height)`` of the images (read from their headers)."""
+    sizes = np.array([_size_of(e) for e in dataset.examples])
+    width, height = np.median(sizes, axis=0)
+    return int(width), int(height)
+
+
+def _size_of(example: Example) -> tuple[int, int]:
+    info = inspect_image(example.data)
+    return info.width, info.height
+
+
+def default_image_size(architecture: str, short_side: int) -> int:
+    """The input side for images whose short side is ``short_side`` pixels.
+
+    MobileNetV2: the largest side with ImageNet weights (96 to 224) not above the
+    images' short side (96 for small patches, upsampled). Custom CNN: the short side
+    rounded down to a multiple of 8, within 32 to 128 (48 for 50 px IDC patches).
+    """
+    if architecture == MOBILENET_V2:
+        fitting = [s for s in MOBILENET_SIDES if s <= short_side]
+        return fitting[-1] if fitting else MOBILENET_SIDES[0]
+    low, high = CUSTOM_CNN_SIDES
+    return int(min(high, max(low, short_side // 8 * 8)))
+
+
+def downscale_warning(size: tuple[int, int], image_size: int) -> str | None:
+    """One sentence when images of ``size`` (w, h) shrink more than ``MAX_DOWNSCALE``x."""
+    factor = min(size) / image_size
+    if factor <= MAX_DOWNSCALE:
+        return None
+    return (
+        f"images of about {size[0]} x {size[1]} px are downscaled {factor:.1f}x to "
+        f"{image_size} px (more than {MAX_DOWNSCALE:.0f}x): cell detail is lost; use a "
+        "larger --image-size or train on tiles"
+    )
+
+
+def resolve_input(config: TrainConfig, dataset: Dataset) -> tuple[TrainConfig, list[str]]:
+    """Fill in the input size and crop strength from the data; warn on heavy downscaling.
+
+    Returns:
+        The config with ``image_size`` and ``augmentation.zoom`` set, and warnings
+        (sentences, also logged).
+    """
+    size = native_size(dataset)
+    image_size = config.image_size or default_image_size(config.architecture, min(size))
+    if config.image_size is None:
+        logger.info(
+            "Input size %d px, from images of about %d x %d px and %s",
+            image_size,
+            *size,
+            config.architecture,
+        )
+    aug = config.augmentation
+    if aug.zoom is None:
+        field = min(size) >= FIELD_OF_VIEW_RATIO * image_size
+        aug = replace(aug, zoom=FIELD_ZOOM if field else PATCH_ZOOM)
+    warnings = [w for w in [downscale_warning(size, image_size)] if w]
+    for warning in warnings:
+        logger.warning("Input: %s", warning)
+    return replace(config, image_size=image_size, augmentation=aug), warnings
+
+
 def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
     """Balanced weights: n / (k * count_c), so each class counts equally in the loss."""
     counts = np.bincount(labels, minlength=n_classes).astype(np.float64)
@@ -252,7 +332,12 @@ def _stain_matrix():  # type: ignore[no-untyped-def]
 
 
 def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyped-def]
-    """Random H&E-aware augmentation of one ``[S, S, 3]`` float image in [0, 255]."""
+    """Random H&E-aware augmentation of one ``[C, C, 3]`` float image in [0, 255].
+
+    Returns ``[S, S, 3]`` with ``S = image_size``: a random square crop of ``C``
+    (``C >= S``; at its largest, the whole image), resized to ``S``, then colour and
+    stain jitter. Serving resizes the whole image, the crop's upper end.
+    """
     import tensorflow as tf
 
     x = image
@@ -261,11 +346,14 @@ def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyp
         x = tf.image.random_flip_up_down(x)
     if aug.rotate90:
         x = tf.image.rot90(x, k=tf.random.uniform([], 0, 4, dtype=tf.int32))
-    if aug.zoom > 0:
-        keep = tf.random.uniform([], 1.0 - aug.zoom, 1.0)
-        side = tf.cast(tf.round(keep * image_size), tf.int32)
+    zoom = PATCH_ZOOM if aug.zoom is None else aug.zoom
+    if zoom > 0:
+        # ``image`` may be cached larger than the input (see make_dataset), so that the
+        # smallest crop is still at the input's resolution.
+        keep = tf.random.uniform([], 1.0 - zoom, 1.0)
+        side = tf.cast(tf.round(keep * tf.cast(tf.shape(x)[0], tf.float32)), tf.int32)
         x = tf.image.random_crop(x, tf.stack([side, side, 3]))
-        x = tf.image.resize(x, [image_size, image_size], method="bilinear")
+        x = tf.image.resize(x, [image_size, image_size], method="bilinear", antialias=True)
     if aug.stain > 0:
         rgb_from_hed, hed_from_rgb = _stain_matrix()
         od = -tf.math.log((x + 1.0) / 256.0)
@@ -286,6 +374,13 @@ def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyp
     return tf.clip_by_value(x, 0.0, 1.0) * 255.0
 
 
+def crop_cache_size(image_size: int, augmentation: Augmentation) -> int:
+    """Side at which training images are cached: the smallest random crop is then
+    ``image_size`` itself, so crops are never upsampled."""
+    zoom = PATCH_ZOOM if augmentation.zoom is None else augmentation.zoom
+    return int(np.ceil(image_size / (1.0 - zoom))) if zoom > 0 else image_size
+
+
 def make_dataset(
     examples: list[Example],
     indices: list[int],
@@ -299,7 +394,8 @@ def make_dataset(
     """Build the tf.data pipeline for a subset of examples.
 
     Decoding uses the SavedModel's own decoder (``model_export.preprocessing``), in
-    parallel, and is cached once; training adds shuffling and augmentation.
+    parallel, and is cached once; training adds shuffling and augmentation (its
+    images are cached at :func:`crop_cache_size` and cropped down to ``image_size``).
     """
     import tensorflow as tf
 
@@ -308,8 +404,11 @@ def make_dataset(
     data = tf.constant([examples[i].data for i in indices], dtype=tf.string)
     labels = tf.constant([examples[i].label for i in indices], dtype=tf.float32)
     ds = tf.data.Dataset.from_tensor_slices((data, labels))
+    cache_size = image_size
+    if training and augmentation is not None:
+        cache_size = crop_cache_size(image_size, augmentation)
     ds = ds.map(
-        lambda b, y: (decode_and_resize(b, image_size), y),
+        lambda b, y: (decode_and_resize(b, cache_size), y),
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=True,
     ).cache()

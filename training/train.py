@@ -34,7 +34,14 @@ from training.data import (
     fold_splits,
     load_examples,
     make_dataset,
+    resolve_input,
     split_examples,
+)
+from training.quality import (
+    fold_thresholds,
+    mark_not_blessed,
+    not_blessed_reasons,
+    weak_model_warnings,
 )
 
 logger = logging.getLogger(__name__)
@@ -59,6 +66,8 @@ class TrainResult:
     validation_metrics: dict[str, float]
     epochs_run: int
     train_seconds: float
+    warnings: tuple[str, ...] = ()  # reasons to doubt the model (also in metadata.json)
+    blessed: bool = True  # False: the version is marked NOT_BLESSED (--min-oof-auc)
 
 
 def build_model(config: TrainConfig, n_classes: int):  # type: ignore[no-untyped-def]
@@ -94,7 +103,12 @@ def build_model(config: TrainConfig, n_classes: int):  # type: ignore[no-untyped
                 f"could not build MobileNetV2 with weights {weights}: {exc}"
             ) from exc
     return models.build_custom_cnn(
-        config.image_size, n_outputs, dropout=config.dropout, l2=config.l2
+        config.image_size,
+        n_outputs,
+        filters=tuple(max(4, round(f * config.width)) for f in (32, 64, 128)),
+        dense_units=(max(8, round(128 * config.width)),),
+        dropout=config.dropout,
+        l2=config.l2,
     )
 
 
@@ -354,11 +368,11 @@ class _HeldOut:
     calibration: Any  # un-augmented training batches for recalibrate_batch_norm
 
 
-def _compile(model, learning_rate: float, n_classes: int) -> None:  # type: ignore[no-untyped-def]
+def _compile(model, learning_rate: float, n_classes: int, label_smoothing: float = 0.0) -> None:  # type: ignore[no-untyped-def]
     import keras
 
     if n_classes == 2:
-        loss = keras.losses.BinaryCrossentropy()
+        loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
@@ -429,7 +443,7 @@ def _fit_member(
     labels = np.array([examples[i].label for i in split.validation])
     held_out = _HeldOut(val_ds, labels, n_classes, calibration)
     model = build_model(config, n_classes)
-    _compile(model, config.learning_rate, n_classes)
+    _compile(model, config.learning_rate, n_classes, config.label_smoothing)
     fit_start = time.monotonic()
     history = model.fit(
         train_ds,
@@ -490,6 +504,7 @@ def train(config: TrainConfig) -> TrainResult:
     """
     import keras
 
+    from model_export import contract
     from model_export.ensemble import ensemble_classifier
     from model_export.export import export_model, next_version
 
@@ -497,6 +512,7 @@ def train(config: TrainConfig) -> TrainResult:
     keras.utils.set_random_seed(config.seed)
     logger.info("Reading training data from %s", config.data)
     dataset = load_examples(config.data, skip_bad_images=config.skip_bad_images)
+    config, input_warnings = resolve_input(config, dataset)
     n_classes = len(dataset.class_names)
     if config.positive_class not in dataset.class_names:
         raise TrainingError(
@@ -559,6 +575,8 @@ def train(config: TrainConfig) -> TrainResult:
         val_metrics["validation"] = where
         val_metrics["split"] = splits[0].method
         logger.info("Held-out metrics (%s): %s", where, json.dumps(val_metrics))
+        warnings = input_warnings + _assess(config, splits, y_held, scores, val_metrics, where)
+        reasons = not_blessed_reasons(val_metrics.get("roc_auc", float("nan")), config.min_oof_auc)
 
         _merge_histories(run_dir, len(splits))
         (run_dir / "split.csv").write_text(_split_csv(dataset, splits))
@@ -573,12 +591,24 @@ def train(config: TrainConfig) -> TrainResult:
                     "epochs_run": epochs_run,
                     "train_seconds": round(train_seconds, 1),
                     "data": dataset.summary(),
+                    "warnings": warnings,
+                    "not_blessed": reasons,
                 },
                 indent=2,
             )
         )
         storage.copy_tree_to(run_dir, run_uri)
 
+    if reasons:  # written before the export completes, so "latest" never picks it
+        mark_not_blessed(
+            contract.version_uri(config.output, config.model_name, version),
+            model_name=config.model_name,
+            version=version,
+            auc=val_metrics.get("roc_auc", float("nan")),
+            min_auc=float(config.min_oof_auc or 0.0),
+            run_uri=run_uri,
+        )
+        logger.warning("Version %d is marked NOT_BLESSED: %s", version, "; ".join(reasons))
     result = export_model(
         model,
         models_root=config.output,
@@ -601,6 +631,7 @@ def train(config: TrainConfig) -> TrainResult:
         training_config=config.to_dict(),
         run_uri=run_uri,
         version=version,
+        warnings=warnings,
     )
     logger.info(
         "Done in %.0f s: %s (threshold %.3f), run record in %s",
@@ -617,7 +648,38 @@ def train(config: TrainConfig) -> TrainResult:
         validation_metrics=val_metrics,
         epochs_run=epochs_run,
         train_seconds=train_seconds,
+        warnings=tuple(warnings),
+        blessed=not reasons,
     )
+
+
+def _assess(
+    config: TrainConfig,
+    splits: list[Split],
+    labels: np.ndarray,
+    scores: np.ndarray,
+    metrics: dict[str, Any],
+    where: str,
+) -> list[str]:
+    """The weak-model warnings of a run (``training.quality``), each logged once."""
+    if scores.ndim != 1:  # more than two classes: no AUC or threshold to judge
+        return []
+    folds = np.concatenate([np.full(len(s.validation), k) for k, s in enumerate(splits)])
+    thresholds = fold_thresholds(
+        labels, scores, folds, config.threshold_method, config.fixed_threshold
+    )
+    if len(thresholds) > 1:
+        metrics["fold_thresholds"] = [round(t, 4) for t in thresholds]
+    warnings = weak_model_warnings(
+        metrics.get("roc_auc", float("nan")),
+        thresholds,
+        weak_auc=config.weak_auc,
+        max_spread=config.max_threshold_spread,
+        where=where,
+    )
+    for warning in warnings:
+        logger.warning("Model: %s", warning)
+    return warnings
 
 
 def _fine_tune(
@@ -635,7 +697,7 @@ def _fine_tune(
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    _compile(model, config.learning_rate / 10, n_classes)
+    _compile(model, config.learning_rate / 10, n_classes, config.label_smoothing)
     history = model.fit(
         train_ds,
         epochs=initial_epoch + config.fine_tune_epochs,

@@ -121,6 +121,22 @@ def test_latest_version_is_picked(tmp_path: Path, tiny_model) -> None:  # type: 
     assert load_model(str(root / "1")).version == 1
 
 
+def test_latest_skips_versions_marked_not_blessed(tmp_path: Path, tiny_model, caplog) -> None:  # type: ignore[no-untyped-def]
+    root = tmp_path / "histo-cnn"
+    for version in (1, 2):
+        storage.copy_tree_to(tiny_model.version_uri, str(root / str(version)))
+        meta = json.loads((root / str(version) / "metadata.json").read_text())
+        (root / str(version) / "metadata.json").write_text(json.dumps({**meta, "version": version}))
+    (root / "2" / contract.NOT_BLESSED).write_text("NOT_BLESSED: histo-cnn version 2\n")
+    assert load_model(str(root)).version == 1
+    with caplog.at_level("WARNING", logger="model_export.loader"):
+        assert load_model(str(root / "2")).version == 2  # named explicitly: still loads
+    assert "marked NOT_BLESSED" in caplog.text
+    (root / "1" / contract.NOT_BLESSED).write_text("NOT_BLESSED: histo-cnn version 1\n")
+    with pytest.raises(ModelLoadError, match=r"every version under .* is marked NOT_BLESSED"):
+        load_model(str(root))
+
+
 def test_gcs_model_loads_and_agrees(tiny_model_gcs, loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
     remote = load_model(tiny_model_gcs)
     assert remote.uri.startswith("gs://")

@@ -260,7 +260,7 @@ def _pins(path: Path) -> dict[str, str]:
 def test_dockerfile_entrypoint_and_requirements_match() -> None:
     dockerfile = (REPO / "training" / "Dockerfile").read_text()
     assert re.search(r'ENTRYPOINT \["python", "-m", "training"\]', dockerfile)
-    for package in ("histo_common", "model_export", "training"):
+    for package in ("histo_common", "model_export", "evaluation", "training"):
         assert re.search(rf"COPY {package}/? ", dockerfile), package
     assert "COPY training/requirements.txt" in dockerfile
     job, top = _pins(REPO / "training" / "requirements.txt"), _pins(REPO / "requirements.txt")
