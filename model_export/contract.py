@@ -11,7 +11,16 @@ TensorFlow Serving expects) and holds:
   - ``explain`` -> the same plus ``heatmap`` [B, S, S], Grad-CAM in [0, 1] at the
     model's input size S, for the positive class.
 
-- ``metadata.json``: a :class:`ModelMetadata`.
+- the same two on decoded pixels, under the input ``image_pixels`` (uint8
+  ``[B, H, W, 3]``, one size per batch; resized to S in the graph exactly as the
+  bytes signatures resize a decoded image): ``serving_pixels`` and
+  ``explain_pixels``. Tiles read from a slide go in as pixels, never re-encoded.
+  Models exported before these existed lack them (see ``LoadedModel``).
+
+- ``metadata.json``: a :class:`ModelMetadata`, including the training scale
+  (``native_size``: median width and height of the training images in source
+  pixels; ``mpp``: their microns per pixel when known) that the tiling rule
+  (:mod:`histo_common.tiling`) reads through :meth:`ModelMetadata.training_scale`.
 
 Decoding, resizing and normalisation are inside the signatures, so no caller
 re-implements them. This module has no TensorFlow import: readers of metadata
@@ -25,6 +34,8 @@ import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from histo_common.tiling import TilingError, TrainingScale
+
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
 SAVED_MODEL_FILE = "saved_model.pb"
@@ -35,6 +46,9 @@ PREDICT_SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
 PREDICT_OUTPUTS = ("probability", "probabilities", "label", "threshold")
 EXPLAIN_OUTPUTS = (*PREDICT_OUTPUTS, "heatmap")
+PIXELS_INPUT_KEY = "image_pixels"
+PREDICT_PIXELS_SIGNATURE = "serving_pixels"
+EXPLAIN_PIXELS_SIGNATURE = "explain_pixels"
 
 DEFAULT_MODEL_NAME = "histo-cnn"
 MODEL_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -60,6 +74,10 @@ class ModelMetadata:
     validation_metrics: dict[str, Any] = field(default_factory=dict)
     training_config: dict[str, Any] = field(default_factory=dict)
     run_uri: str | None = None
+    # The training scale: [width, height] median of the training images in source
+    # pixels, and their microns per pixel. None in models exported before them.
+    native_size: list[int] | None = None
+    mpp: float | None = None
     tensorflow_version: str = ""
     keras_version: str = ""
     project_version: str = ""
@@ -82,6 +100,31 @@ class ModelMetadata:
             raise ContractError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.image_size < 8:
             raise ContractError(f"image_size must be at least 8, got {self.image_size}")
+        if self.native_size is not None and (
+            len(self.native_size) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in self.native_size)
+        ):
+            raise ContractError(
+                f"native_size must be [width, height] in positive pixels, got {self.native_size}"
+            )
+        if self.mpp is not None and not (
+            isinstance(self.mpp, (int, float)) and 0.0 < self.mpp <= 100.0
+        ):
+            raise ContractError(f"mpp must be in (0, 100] microns per pixel, got {self.mpp}")
+
+    def training_scale(self) -> TrainingScale | None:
+        """The scale the tiling rule needs, or None for a model that records none
+        (callers then score whole images and warn on large ones)."""
+        if self.native_size is None:
+            return None
+        try:
+            return TrainingScale(
+                width=int(self.native_size[0]),
+                height=int(self.native_size[1]),
+                mpp=None if self.mpp is None else float(self.mpp),
+            )
+        except TilingError as exc:
+            raise ContractError(str(exc)) from exc
 
     def to_json(self) -> str:
         """Serialise as indented JSON."""

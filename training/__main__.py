@@ -81,6 +81,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--early-stopping-patience", type=int)
     p.add_argument("--max-minutes", type=float, help="stop training after this many minutes")
     p.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per pixel of the training images, if known (recorded in the model's "
+        "metadata so slides are tiled at the training scale)",
+    )
+    p.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of failing"
     )
     p.add_argument(

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from histo_common import storage
+from histo_common.images import median_size
 from training.config import TrainConfig
 from training.data import (
     Dataset,
@@ -545,6 +546,8 @@ def train(config: TrainConfig) -> TrainResult:
         training_config=config.to_dict(),
         run_uri=run_uri,
         version=version,
+        native_size=median_size(e.data for e in dataset.examples),
+        mpp=config.mpp,
     )
     logger.info(
         "Done in %.0f s: %s (threshold %.3f), run record in %s",
