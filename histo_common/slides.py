@@ -308,6 +308,10 @@ def open_slide(
                 "truncated or corrupt), though its name ends in "
                 f"{target.suffix}"
             )
+        if target.suffix.lower() in TIFF_SUFFIXES and _is_tiled_tiff(uri, target):
+            raise SlideError(
+                f"{uri}: a tiled TIFF that OpenSlide cannot read (truncated or corrupt)"
+            )
         return PillowSlide(uri, target, max_pixels=max_pixels)
     if target.suffix.lower() in TIFF_SUFFIXES or vendor in ("generic-tiff", "aperio"):
         _check_tiff_levels(uri, target)
@@ -401,6 +405,17 @@ def _check_tiff_levels(uri: str, path: Path) -> None:
                     )
     except SlideError:
         raise
+    except Exception as exc:  # tifffile raises many types for damaged files
+        raise SlideError(f"{uri}: corrupt or truncated TIFF: {_one_line(exc)}") from exc
+
+
+def _is_tiled_tiff(uri: str, path: Path) -> bool:
+    """True when the TIFF's first page is tiled; a damaged header is a SlideError."""
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            return bool(tif.pages.first.is_tiled)
     except Exception as exc:  # tifffile raises many types for damaged files
         raise SlideError(f"{uri}: corrupt or truncated TIFF: {_one_line(exc)}") from exc
 
