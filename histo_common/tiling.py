@@ -304,3 +304,74 @@ def _count(extent: int, tile: int, stride: int) -> int:
 
 def _origins(extent: int, tile: int, stride: int) -> list[int]:
     return [i * stride for i in range(_count(extent, tile, stride))]
+
+
+DEFAULT_TOP_K = 3
+
+
+@dataclass(frozen=True)
+class SlideSummary:
+    """The slide fields of a tiled input's result row.
+
+    The slide rule: the input is labelled with the positive class when the mean
+    of its ``top_k`` most suspicious tile probabilities reaches the model's
+    threshold. The mean of a few tiles rather than the maximum, so one noisy tile
+    does not flag a slide; a few rather than all, so a small lesion in a large
+    slide still does.
+    """
+
+    tiles_scored: int
+    positive_fraction: float  # share of scored tiles at or over the threshold
+    max_probability: float
+    top_k_mean: float
+    top_k: int
+    threshold: float
+    label: str
+    scale: str
+    scale_assumed: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict for a result row."""
+        return asdict(self)
+
+
+def summarise_tiles(
+    plan: TilePlan,
+    probabilities: list[float] | np.ndarray,
+    *,
+    threshold: float,
+    positive_class: str,
+    negative_class: str,
+    top_k: int = DEFAULT_TOP_K,
+) -> SlideSummary:
+    """Apply the slide rule (see :class:`SlideSummary`) to the tile probabilities.
+
+    Args:
+        plan: the plan the tiles came from (for the scale fields).
+        probabilities: the positive-class probability of each scored tile.
+        threshold: the model's decision threshold.
+        positive_class: label when the rule fires (e.g. ``malignant``).
+        negative_class: label otherwise (e.g. ``benign``).
+        top_k: how many of the highest tile probabilities are averaged.
+
+    Returns:
+        The slide fields; a slide without tissue tiles gets the negative label,
+        zero tiles and probabilities of 0.
+    """
+    if top_k < 1:
+        raise TilingError(f"top_k must be at least 1, got {top_k}")
+    probs = np.sort(np.asarray(probabilities, dtype=np.float64))[::-1]
+    n = int(probs.size)
+    k = min(top_k, n)
+    top = float(probs[:k].mean()) if n else 0.0
+    return SlideSummary(
+        tiles_scored=n,
+        positive_fraction=round(float((probs >= threshold).mean()), 6) if n else 0.0,
+        max_probability=float(probs[0]) if n else 0.0,
+        top_k_mean=top,
+        top_k=k,
+        threshold=float(threshold),
+        label=positive_class if n and top >= threshold else negative_class,
+        scale=plan.scale,
+        scale_assumed=plan.scale_assumed,
+    )

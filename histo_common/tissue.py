@@ -18,8 +18,8 @@ smaller than ``min_area_fraction`` of the thumbnail are removed.
 Like TIAToolbox's maskers it is an object with ``fit`` (learn the threshold on
 one or more thumbnails) and ``transform`` (apply it); :func:`tile_tissue_fractions`
 turns a mask into the fraction of tissue under each tile of a
-:class:`~histo_common.tiling.TilePlan`, and :func:`keep_tissue_tiles` drops the
-tiles that are mostly glass.
+:class:`~histo_common.tiling.TilePlan`, :func:`keep_tissue_tiles` drops the
+tiles that are mostly glass, and :func:`plan_slide` does rule + mask in one call.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from histo_common.tiling import TilePlan
+from histo_common.slides import DEFAULT_THUMBNAIL_SIDE, Slide
+from histo_common.tiling import TilePlan, TrainingScale, plan_tiles
 
 DEFAULT_MIN_OD = 0.05
 DEFAULT_MIN_TISSUE_FRACTION = 0.25
@@ -157,3 +158,24 @@ def keep_tissue_tiles(
         if f >= min_fraction
     ]
     return plan.with_tiles(kept)
+
+
+def plan_slide(
+    slide: Slide,
+    scale: TrainingScale | None,
+    *,
+    stride: int | None = None,
+    model_input_size: int | None = None,
+    min_tissue: float = DEFAULT_MIN_TISSUE_FRACTION,
+    thumbnail_side: int = DEFAULT_THUMBNAIL_SIDE,
+) -> TilePlan:
+    """The tiling rule and the tissue mask in one call: what every unit scores.
+
+    A whole-image plan is returned as is (no thumbnail is read); a tiled plan
+    keeps only its tissue tiles, each with its ``tissue_fraction``.
+    """
+    plan = plan_tiles(slide.geometry, scale, stride=stride, model_input_size=model_input_size)
+    if not plan.is_tiled:
+        return plan
+    thumbnail, _ = slide.thumbnail(thumbnail_side)
+    return keep_tissue_tiles(plan, TissueMasker().fit_transform(thumbnail), min_tissue)

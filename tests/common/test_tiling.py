@@ -132,3 +132,22 @@ def test_read_tile_gives_training_size_pixels(tmp_path: Path) -> None:
         direct = image[region.y : region.y + 144, region.x : region.x + 144].astype(float)
         coarse = direct.reshape(48, 3, 48, 3, 3).mean(axis=(1, 3))
         assert np.abs(tile - coarse).mean() < 12
+
+
+def test_slide_rule_on_known_probabilities() -> None:
+    from histo_common.tiling import summarise_tiles
+
+    plan = plan_tiles(_geometry(500, 500), IDC)
+    kw = {"threshold": 0.5, "positive_class": "malignant", "negative_class": "benign"}
+    one_noisy = summarise_tiles(plan, [0.9] + [0.1] * 40, **kw)
+    assert one_noisy.label == "benign" and one_noisy.max_probability == 0.9
+    assert one_noisy.top_k_mean == pytest.approx((0.9 + 0.1 + 0.1) / 3)
+    lesion = summarise_tiles(plan, [0.8, 0.7, 0.6] + [0.05] * 97, **kw)
+    assert lesion.label == "malignant" and lesion.positive_fraction == pytest.approx(0.03)
+    assert lesion.tiles_scored == 100 and lesion.scale_assumed
+    few = summarise_tiles(plan, [0.6], **kw)
+    assert few.top_k == 1 and few.label == "malignant"
+    empty = summarise_tiles(plan, [], **kw)
+    assert empty.label == "benign" and empty.tiles_scored == 0
+    with pytest.raises(TilingError):
+        summarise_tiles(plan, [0.5], top_k=0, **kw)

@@ -91,3 +91,16 @@ def test_real_idc_patient_carcinoma_in_tissue_tiles(
     glass_kept, glass = _glass_kept(sample, positions, len(plan.tiles), 50)
     assert malignant >= 0.97, f"patient {patient}: {malignant:.3f} of carcinoma patches kept"
     assert glass_kept / glass <= 0.06, f"patient {patient}: {glass_kept} of {glass} glass kept"
+
+
+def test_plan_slide_masks_tiled_plans_only(tmp_path: Path) -> None:
+    from histo_common.tissue import plan_slide
+
+    sample = generate_slide(str(tmp_path / "s.tif"), 1024, 768, seed=2, mpp=0.5)
+    with open_slide(sample.uri) as slide:
+        tiled = plan_slide(slide, TrainingScale(64, 64, mpp=1.0))
+        full = plan_tiles(slide.geometry, TrainingScale(64, 64, mpp=1.0))
+        whole = plan_slide(slide, TrainingScale(1000, 800))
+    assert tiled.level == 1 and 0 < len(tiled.tiles) < len(full.tiles)
+    assert all(t.tissue_fraction is not None for t in tiled.tiles)
+    assert whole.mode == "whole" and whole.tiles[0].tissue_fraction is None
