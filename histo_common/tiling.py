@@ -197,9 +197,8 @@ def plan_tiles(
         return _whole(geometry, how, assumed, ())
     tile_w = max(1, round(scale.width * factor))
     tile_h = max(1, round(scale.height * factor))
-    step = stride if stride is not None else None
-    stride_x = max(1, round(step * factor)) if step else tile_w
-    stride_y = max(1, round(step * factor)) if step else tile_h
+    stride_x = max(1, round(stride * factor)) if stride else tile_w
+    stride_y = max(1, round(stride * factor)) if stride else tile_h
     level = 0 if assumed else geometry.best_level_for_downsample(factor)
     down = geometry.level_downsamples[level]
     read_w, read_h = max(1, round(tile_w / down)), max(1, round(tile_h / down))
