@@ -334,6 +334,42 @@ def read_geometry(uri: str, **kwargs: Any) -> SlideGeometry:
         return slide.geometry
 
 
+class SlidePool:
+    """A few open slides kept for reuse, least recently used closed first.
+
+    A Beam worker gets tile regions of the same slide one after another (and of
+    several slides interleaved); reopening a slide per tile would re-parse its
+    headers each time. Thread-safe; ``close`` closes every slide still open.
+    """
+
+    def __init__(self, max_open: int = 4, **open_kwargs: Any) -> None:
+        if max_open < 1:
+            raise ValueError(f"max_open must be at least 1, got {max_open}")
+        self._max_open = max_open
+        self._open_kwargs = open_kwargs
+        self._slides: dict[str, Slide] = {}
+        self._lock = threading.Lock()
+
+    def get(self, uri: str) -> Slide:
+        """The open slide for ``uri`` (opened on first use). Raises SlideError."""
+        with self._lock:
+            slide = self._slides.pop(uri, None)
+            if slide is None:
+                slide = open_slide(uri, **self._open_kwargs)
+            self._slides[uri] = slide  # most recently used last
+            while len(self._slides) > self._max_open:
+                oldest = next(iter(self._slides))
+                self._slides.pop(oldest).close()
+            return slide
+
+    def close(self) -> None:
+        """Close every open slide."""
+        with self._lock:
+            for slide in self._slides.values():
+                slide.close()
+            self._slides.clear()
+
+
 # ------------------------------------------------------------------ local copies
 
 

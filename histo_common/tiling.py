@@ -87,6 +87,11 @@ class TileRegion:
         """Plain dict (a Beam work item, a tile row's position fields)."""
         return asdict(self)
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TileRegion:
+        """Inverse of :meth:`to_dict`."""
+        return cls(**data)
+
 
 @dataclass(frozen=True)
 class TilePlan:
@@ -136,7 +141,7 @@ class TilePlan:
         return cls(
             geometry=SlideGeometry.from_dict(data["geometry"]),
             mode=data["mode"],
-            tiles=tuple(TileRegion(**t) for t in data["tiles"]),
+            tiles=tuple(TileRegion.from_dict(t) for t in data["tiles"]),
             tile_width=int(data["tile_width"]),
             tile_height=int(data["tile_height"]),
             stride_x=int(data["stride_x"]),

@@ -225,3 +225,46 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
     folder = tmp_path / "series"
     folder.mkdir()
     assert "without .dcm" in _one_error(str(folder))
+
+
+def test_dicom_series_on_gcs_is_fetched_whole(
+    gcs_bucket: str, tmp_path: Path, pyramid: Path
+) -> None:
+    from wsidicomizer import WsiDicomizer
+
+    folder = tmp_path / "series"
+    folder.mkdir()
+    files = WsiDicomizer.convert(
+        pyramid,
+        folder,
+        tile_size=256,
+        include_label=False,
+        include_overview=False,
+        include_thumbnail=False,
+        workers=1,
+    )
+    for f in map(Path, files):
+        storage.write_bytes(f"{gcs_bucket}/case-7/{f.name}", f.read_bytes())
+    uri = f"{gcs_bucket}/case-7"
+    with open_slide(uri, cache_dir=str(tmp_path / "cache")) as slide:
+        assert slide.geometry.uri == uri and slide.geometry.vendor == "dicom"
+        assert slide.geometry.level_count == 2
+
+
+def test_slide_pool_reuses_and_closes_the_least_recent(tmp_path: Path, pyramid: Path) -> None:
+    from histo_common.slides import SlidePool
+
+    uris = []
+    for name in ("a", "b", "c"):
+        shutil.copy(pyramid, tmp_path / f"{name}.tif")
+        uris.append(str(tmp_path / f"{name}.tif"))
+    pool = SlidePool(max_open=2)
+    a = pool.get(uris[0])
+    assert pool.get(uris[0]) is a
+    b = pool.get(uris[1])
+    pool.get(uris[0])  # a is now the most recent; b goes next
+    pool.get(uris[2])
+    assert pool.get(uris[0]) is a and pool.get(uris[1]) is not b
+    pool.close()
+    with pytest.raises(SlideError):
+        pool.get(str(tmp_path / "missing.tif"))
