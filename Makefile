@@ -86,6 +86,7 @@ bench: setup ## speed benchmarks (ratios against baselines measured in the same 
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_function.py
+	$(PY) bench/bench_tiles.py
 
 bench-training: setup ## held-out IDC patients, full protocol (hours; a rerun resumes, ARGS=...)
 	$(PY) bench/bench_training.py --mode full $(ARGS)

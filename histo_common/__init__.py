@@ -3,8 +3,10 @@
 ``storage`` (one I/O layer for ``gs://`` and local URIs), ``images`` (checks on
 encoded image bytes before they reach the model), ``results`` (the result and
 error row schemas that scoring, the function and the app write and read),
-``overlay`` (Grad-CAM rendering) and ``samples`` (synthetic H&E patches for the
-demo and the tests). It imports none of its users.
+``overlay`` (Grad-CAM rendering), ``samples`` (synthetic H&E patches and slides
+for the demo and the tests), and for inputs larger than a patch ``slides``
+(whole-slide and large-image readers), ``tiling`` (the one tiling rule) and
+``tissue`` (the tissue mask). It imports none of its users.
 """
 
 DISCLAIMER = (

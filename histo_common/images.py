@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from histo_common.errors import one_line
@@ -139,3 +140,29 @@ def check_and_prepare(
     """Inspect ``data`` and return model-ready bytes with the header facts."""
     info = inspect_image(data, max_pixels=max_pixels, max_bytes=max_bytes)
     return prepare_for_model(data, info), info
+
+
+def median_size(images: Iterable[bytes]) -> tuple[int, int]:
+    """Median ``(width, height)`` of encoded images, from their headers only.
+
+    This is the training scale a model records (``native_size`` in its metadata):
+    50 x 50 for IDC patches, whatever input size the network resizes them to.
+
+    Raises:
+        ImageError: when ``images`` is empty or one has no readable header.
+    """
+    from PIL import Image
+
+    sizes = []
+    for data in images:
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                sizes.append(img.size)
+        except Exception as exc:  # PIL raises many types for corrupt files
+            raise ImageError(f"cannot read an image header: {one_line(exc)}") from exc
+    if not sizes:
+        raise ImageError("no images to measure")
+    widths = sorted(w for w, _ in sizes)
+    heights = sorted(h for _, h in sizes)
+    mid = len(sizes) // 2
+    return widths[mid], heights[mid]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import io
 import logging
+import re
 import sys
 from dataclasses import dataclass
 
@@ -168,6 +169,210 @@ def generate_samples(
                 storage.join(output, label, name), encode_png(patch), content_type="image/png"
             )
     return counts
+
+
+# ---------------------------------------------------------------- slides
+
+GLASS_RGB = (242, 240, 244)
+IDC_NAME_RE = re.compile(
+    r"^(?P<patient>\d+)_idx\d+_x(?P<x>\d+)_y(?P<y>\d+)_class(?P<cls>[01])\.png$"
+)
+
+
+@dataclass(frozen=True)
+class PatchPlacement:
+    """Where one labelled patch lies on a slide (level-0 pixels)."""
+
+    x: int
+    y: int
+    width: int
+    height: int
+    malignant: bool
+    source: str = ""
+
+
+@dataclass(frozen=True)
+class SlideSample:
+    """A slide written for tests or benchmarks, with the truth about its regions."""
+
+    uri: str
+    width: int
+    height: int
+    mpp: float | None
+    patches: tuple[PatchPlacement, ...]
+
+
+def write_pyramidal_tiff(
+    image: np.ndarray,
+    uri: str,
+    *,
+    mpp: float | None = None,
+    tile: int = 256,
+    min_side: int = 256,
+    compression: str = "zlib",
+) -> int:
+    """Write an RGB array as a tiled pyramidal TIFF that OpenSlide reads as ``generic-tiff``.
+
+    Reduced levels (each half the last, down to ``min_side``) are top-level pages
+    with ``subfiletype=1``; resolution tags (pixels per cm) carry ``mpp`` when given.
+
+    Returns:
+        The number of levels written.
+    """
+    import tempfile
+    from pathlib import Path
+
+    import tifffile
+
+    levels = [image]
+    while min(levels[-1].shape[:2]) // 2 >= min_side:
+        prev = levels[-1]
+        h, w = (prev.shape[0] // 2) * 2, (prev.shape[1] // 2) * 2
+        levels.append(
+            prev[:h, :w].reshape(h // 2, 2, w // 2, 2, 3).mean(axis=(1, 3)).round().astype(np.uint8)
+        )
+    with tempfile.TemporaryDirectory(prefix="histo-slide-") as tmp:
+        local = Path(tmp) / "slide.tif"
+        with tifffile.TiffWriter(local) as tw:
+            for i, level in enumerate(levels):
+                extra = {}
+                if mpp:
+                    per_cm = 1e4 / (mpp * image.shape[1] / level.shape[1])
+                    extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+                tw.write(
+                    level,
+                    tile=(tile, tile),
+                    compression=compression,
+                    photometric="rgb",
+                    subfiletype=0 if i == 0 else 1,
+                    **extra,
+                )
+        storage.write_bytes(uri, local.read_bytes(), content_type="image/tiff")
+    return len(levels)
+
+
+def synth_slide_image(
+    width: int,
+    height: int,
+    seed: int = 0,
+    *,
+    islands: int = 3,
+    lesion: bool = True,
+    patch: int = DEFAULT_SIZE,
+) -> tuple[np.ndarray, tuple[PatchPlacement, ...]]:
+    """Draw a synthetic slide: tissue islands of benign patches on glass, and a
+    planted malignant region inside the first island.
+
+    The tissue is laid out on a grid of ``patch``-pixel cells, each a
+    :func:`synth_patch`; a cell belongs to an island when its centre lies inside
+    one of ``islands`` ellipses. NOT real tissue.
+
+    Returns:
+        ``(rgb [height, width, 3], placements)``: every tissue cell with its class.
+    """
+    rng = np.random.default_rng(seed)
+    image = np.empty((height, width, 3), np.uint8)
+    image[...] = GLASS_RGB
+    image = np.clip(image + rng.normal(0, 1.5, image.shape), 0, 255).astype(np.uint8)
+    centres = []
+    for _ in range(islands):
+        cx, cy = rng.uniform(0.2, 0.8) * width, rng.uniform(0.2, 0.8) * height
+        rx, ry = rng.uniform(0.1, 0.22) * width, rng.uniform(0.1, 0.22) * height
+        centres.append((cx, cy, rx, ry))
+    lesion_disc = None
+    if lesion and centres:
+        cx, cy, rx, ry = centres[0]
+        lesion_disc = (cx, cy, 0.5 * min(rx, ry))
+    placements = []
+    for row in range(height // patch):
+        for col in range(width // patch):
+            px, py = col * patch + patch / 2, row * patch + patch / 2
+            inside = any(
+                ((px - cx) / rx) ** 2 + ((py - cy) / ry) ** 2 <= 1 for cx, cy, rx, ry in centres
+            )
+            if not inside:
+                continue
+            malignant = bool(
+                lesion_disc is not None
+                and (px - lesion_disc[0]) ** 2 + (py - lesion_disc[1]) ** 2 <= lesion_disc[2] ** 2
+            )
+            cell = np.random.default_rng([seed, row, col])
+            y0, x0 = row * patch, col * patch
+            image[y0 : y0 + patch, x0 : x0 + patch] = synth_patch(cell, malignant, size=patch)
+            placements.append(PatchPlacement(x0, y0, patch, patch, malignant))
+    return image, tuple(placements)
+
+
+def generate_slide(
+    uri: str,
+    width: int = 2048,
+    height: int = 1536,
+    seed: int = 0,
+    *,
+    mpp: float | None = 0.5,
+    islands: int = 3,
+    lesion: bool = True,
+) -> SlideSample:
+    """Write a synthetic pyramidal TIFF slide to ``uri`` (see :func:`synth_slide_image`)."""
+    image, placements = synth_slide_image(width, height, seed, islands=islands, lesion=lesion)
+    write_pyramidal_tiff(image, uri, mpp=mpp)
+    return SlideSample(uri=uri, width=width, height=height, mpp=mpp, patches=placements)
+
+
+def parse_idc_name(name: str) -> tuple[str, int, int, bool] | None:
+    """``8863_idx5_x1001_y1001_class0.png`` -> ``("8863", 1001, 1001, False)``; None otherwise."""
+    match = IDC_NAME_RE.match(name)
+    if not match:
+        return None
+    return match["patient"], int(match["x"]), int(match["y"]), match["cls"] == "1"
+
+
+def reassemble_idc_patient(
+    idc_root: str, patient: str, uri: str, *, mpp: float | None = None
+) -> SlideSample:
+    """Put one IDC patient's patches back at the coordinates in their file names.
+
+    The patches (``<idc_root>/{benign,malignant}/<patient>_idx5_x<X>_y<Y>_class<C>.png``)
+    are pasted on glass into one canvas, written as a pyramidal TIFF at ``uri``.
+    Places without a patch (the dataset dropped them) stay glass.
+
+    Returns:
+        The slide and every patch's placement and class (the ground truth).
+    """
+    found = []
+    for class_dir in ("benign", "malignant"):
+        for src in storage.list_uris(storage.join(idc_root, class_dir, f"{patient}_*.png")):
+            parsed = parse_idc_name(storage.basename(src))
+            if parsed is not None and parsed[0] == patient:
+                found.append((src, parsed))
+    if not found:
+        raise ValueError(f"no IDC patches of patient {patient} under {idc_root}")
+    images = []
+    for src, (_, x, y, malignant) in found:
+        with Image.open(io.BytesIO(storage.read_bytes(src))) as img:
+            rgb = np.asarray(img.convert("RGB"))
+        images.append((src, x, y, malignant, rgb))
+    x_min = min(x for _, x, _, _, _ in images)
+    y_min = min(y for _, _, y, _, _ in images)
+    width = max(x - x_min + im.shape[1] for _, x, _, _, im in images)
+    height = max(y - y_min + im.shape[0] for _, _, y, _, im in images)
+    canvas = np.empty((height, width, 3), np.uint8)
+    canvas[...] = GLASS_RGB
+    placements = []
+    for src, x, y, malignant, rgb in images:
+        h, w = rgb.shape[:2]
+        canvas[y - y_min : y - y_min + h, x - x_min : x - x_min + w] = rgb
+        placements.append(PatchPlacement(x - x_min, y - y_min, w, h, malignant, src))
+    write_pyramidal_tiff(canvas, uri, mpp=mpp)
+    logger.info(
+        "Reassembled IDC patient %s: %d patches into a %dx%d slide at %s",
+        patient,
+        len(placements),
+        width,
+        height,
+        uri,
+    )
+    return SlideSample(uri=uri, width=width, height=height, mpp=mpp, patches=tuple(placements))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -15,6 +15,16 @@ TensorFlow Serving expects) and holds:
 - optionally ``BLESSED`` or ``NOT_BLESSED``: a short text with the reasons, written by
   the evaluation gate or by training (``--min-oof-auc``); the loader's "latest" skips
   versions marked ``NOT_BLESSED``.
+- the same two on decoded pixels, under the input ``image_pixels`` (uint8
+  ``[B, H, W, 3]``, one size per batch; resized to S in the graph exactly as the
+  bytes signatures resize a decoded image): ``serving_pixels`` and
+  ``explain_pixels``. Tiles read from a slide go in as pixels, never re-encoded.
+  Models exported before these existed lack them (see ``LoadedModel``).
+
+- ``metadata.json``: a :class:`ModelMetadata`, including the training scale
+  (``native_size``: median width and height of the training images in source
+  pixels; ``mpp``: their microns per pixel when known) that the tiling rule
+  (:mod:`histo_common.tiling`) reads through :meth:`ModelMetadata.training_scale`.
 
 Decoding, resizing and normalisation are inside the signatures, so no caller
 re-implements them. This module has no TensorFlow import: readers of metadata
@@ -32,6 +42,7 @@ from typing import Any
 # run layout names them; re-exported for the loader and the function zip.
 from histo_common.layout import BLESSED as BLESSED
 from histo_common.layout import NOT_BLESSED as NOT_BLESSED
+from histo_common.tiling import TilingError, TrainingScale
 
 SCHEMA_VERSION = 1
 METADATA_FILE = "metadata.json"
@@ -43,6 +54,9 @@ PREDICT_SIGNATURE = "serving_default"
 EXPLAIN_SIGNATURE = "explain"
 PREDICT_OUTPUTS = ("probability", "probabilities", "label", "threshold")
 EXPLAIN_OUTPUTS = (*PREDICT_OUTPUTS, "heatmap")
+PIXELS_INPUT_KEY = "image_pixels"
+PREDICT_PIXELS_SIGNATURE = "serving_pixels"
+EXPLAIN_PIXELS_SIGNATURE = "explain_pixels"
 
 DEFAULT_MODEL_NAME = "histo-cnn"
 # Where no model is at hand (training a new one, reading rows without a model), the
@@ -74,6 +88,10 @@ class ModelMetadata:
     run_uri: str | None = None
     # One sentence per reason to doubt the model (weak out-of-fold AUC, ...); empty if none.
     warnings: list[str] = field(default_factory=list)
+    # The training scale: [width, height] median of the training images in source
+    # pixels, and their microns per pixel. None in models exported before them.
+    native_size: list[int] | None = None
+    mpp: float | None = None
     tensorflow_version: str = ""
     keras_version: str = ""
     project_version: str = ""
@@ -96,6 +114,31 @@ class ModelMetadata:
             raise ContractError(f"threshold must be in [0, 1], got {self.threshold}")
         if self.image_size < 8:
             raise ContractError(f"image_size must be at least 8, got {self.image_size}")
+        if self.native_size is not None and (
+            len(self.native_size) != 2
+            or not all(isinstance(v, int) and v >= 1 for v in self.native_size)
+        ):
+            raise ContractError(
+                f"native_size must be [width, height] in positive pixels, got {self.native_size}"
+            )
+        if self.mpp is not None and not (
+            isinstance(self.mpp, (int, float)) and 0.0 < self.mpp <= 100.0
+        ):
+            raise ContractError(f"mpp must be in (0, 100] microns per pixel, got {self.mpp}")
+
+    def training_scale(self) -> TrainingScale | None:
+        """The scale the tiling rule needs, or None for a model that records none
+        (callers then score whole images and warn on large ones)."""
+        if self.native_size is None:
+            return None
+        try:
+            return TrainingScale(
+                width=int(self.native_size[0]),
+                height=int(self.native_size[1]),
+                mpp=None if self.mpp is None else float(self.mpp),
+            )
+        except TilingError as exc:
+            raise ContractError(str(exc)) from exc
 
     def to_json(self) -> str:
         """Serialise as indented JSON."""

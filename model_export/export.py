@@ -21,7 +21,7 @@ from histo_common import DISCLAIMER, storage
 from histo_common.results import utc_now
 from model_export import contract
 from model_export.gradcam import gradcam_heatmap
-from model_export.preprocessing import decode_batch
+from model_export.preprocessing import decode_batch, resize_decoded
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,9 @@ class ServingModule(tf.Module):
         spec = tf.TensorSpec([None], tf.string, name=contract.INPUT_KEY)
         self.serve = tf.function(self._serve, input_signature=[spec])
         self.explain = tf.function(self._explain, input_signature=[spec])
+        pixels = tf.TensorSpec([None, None, None, 3], tf.uint8, name=contract.PIXELS_INPUT_KEY)
+        self.serve_pixels = tf.function(self._serve_pixels, input_signature=[pixels])
+        self.explain_pixels = tf.function(self._explain_pixels, input_signature=[pixels])
 
     def _outputs(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
         if self.n_classes == 2 and logits.shape[-1] == 1:
@@ -83,12 +86,22 @@ class ServingModule(tf.Module):
         return self.positive_index, 1.0
 
     def _serve(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = decode_batch(image_bytes, self.image_size)
+        return self._score(decode_batch(image_bytes, self.image_size))
+
+    def _explain(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._score_and_explain(decode_batch(image_bytes, self.image_size))
+
+    def _serve_pixels(self, image_pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._score(resize_decoded(image_pixels, self.image_size))
+
+    def _explain_pixels(self, image_pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return self._score_and_explain(resize_decoded(image_pixels, self.image_size))
+
+    def _score(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         features = self.backbone(images, training=False)
         return self._outputs(self.head(features, training=False))
 
-    def _explain(self, image_bytes: tf.Tensor) -> dict[str, tf.Tensor]:
-        images = decode_batch(image_bytes, self.image_size)
+    def _score_and_explain(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         index, sign = self._explained_logit()
         logits, heatmap = gradcam_heatmap(
             self.backbone, self.head, images, index, self.image_size, sign=sign
@@ -135,6 +148,8 @@ def export_model(
     run_uri: str | None = None,
     version: int | None = None,
     warnings: list[str] | None = None,
+    native_size: tuple[int, int] | None = None,
+    mpp: float | None = None,
 ) -> ExportResult:
     """Export a classifier (Keras model with ``backbone`` and ``head`` sub-models).
 
@@ -154,6 +169,9 @@ def export_model(
         run_uri: where the training run's logs and history are.
         version: explicit version; default is one more than the highest present.
         warnings: reasons to doubt the model, one sentence each (``metadata.json``).
+        native_size: median ``(width, height)`` of the training images in source
+            pixels (the training scale the tiling rule uses).
+        mpp: microns per pixel of the training images, when known.
 
     Returns:
         The version's URI, number and metadata.
@@ -176,6 +194,8 @@ def export_model(
         training_config=training_config or {},
         run_uri=run_uri,
         warnings=list(warnings or []),
+        native_size=None if native_size is None else [int(v) for v in native_size],
+        mpp=None if mpp is None else float(mpp),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
         project_version=_project_version(),
@@ -192,6 +212,8 @@ def export_model(
             signatures={
                 contract.PREDICT_SIGNATURE: module.serve.get_concrete_function(),
                 contract.EXPLAIN_SIGNATURE: module.explain.get_concrete_function(),
+                contract.PREDICT_PIXELS_SIGNATURE: module.serve_pixels.get_concrete_function(),
+                contract.EXPLAIN_PIXELS_SIGNATURE: module.explain_pixels.get_concrete_function(),
             },
         )
         keras_model.save(local / contract.KERAS_FILE)

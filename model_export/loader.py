@@ -84,6 +84,15 @@ class LoadedModel:
         self._saved = saved_model
         self._predict_fn = saved_model.signatures[contract.PREDICT_SIGNATURE]
         self._explain_fn = saved_model.signatures[contract.EXPLAIN_SIGNATURE]
+        # Models exported before the pixel signatures lack them: callers fall back to PNG.
+        self._pixel_fns = {
+            name: saved_model.signatures[pixels]
+            for name, pixels in (
+                (contract.PREDICT_SIGNATURE, contract.PREDICT_PIXELS_SIGNATURE),
+                (contract.EXPLAIN_SIGNATURE, contract.EXPLAIN_PIXELS_SIGNATURE),
+            )
+            if pixels in saved_model.signatures
+        }
 
     @property
     def name(self) -> str:
@@ -124,6 +133,40 @@ class LoadedModel:
         if not images:
             return []
         out = self.run(contract.EXPLAIN_SIGNATURE, images)
+        return [
+            Explanation(prediction=p, heatmap=h)
+            for p, h in zip(predictions_from_outputs(out), out["heatmap"], strict=True)
+        ]
+
+    @property
+    def has_pixel_signatures(self) -> bool:
+        """True when the model takes decoded pixels (``serving_pixels``/``explain_pixels``)."""
+        return len(self._pixel_fns) == 2
+
+    def run_pixels(self, signature: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
+        """Call ``signature`` (``serving_default`` or ``explain``) on decoded uint8 pixels
+        ``[B, H, W, 3]``: through its pixel twin, or PNG-encoded for an older model."""
+        if signature in self._pixel_fns:
+            import tensorflow as tf
+
+            fn = self._pixel_fns[signature]
+            outputs = fn(**{contract.PIXELS_INPUT_KEY: tf.constant(pixels, dtype=tf.uint8)})
+            return {k: v.numpy() for k, v in outputs.items()}
+        from histo_common.samples import encode_png
+
+        return self.run(signature, [encode_png(image) for image in pixels])
+
+    def predict_pixels(self, pixels: np.ndarray) -> list[Prediction]:
+        """Score a batch of decoded tiles (uint8 ``[B, H, W, 3]``)."""
+        if len(pixels) == 0:
+            return []
+        return predictions_from_outputs(self.run_pixels(contract.PREDICT_SIGNATURE, pixels))
+
+    def explain_pixels(self, pixels: np.ndarray) -> list[Explanation]:
+        """Score decoded tiles and return Grad-CAM heatmaps."""
+        if len(pixels) == 0:
+            return []
+        out = self.run_pixels(contract.EXPLAIN_SIGNATURE, pixels)
         return [
             Explanation(prediction=p, heatmap=h)
             for p, h in zip(predictions_from_outputs(out), out["heatmap"], strict=True)

@@ -19,7 +19,16 @@ def decode_and_resize(image_bytes: tf.Tensor, image_size: int) -> tf.Tensor:
     """
     image = tf.io.decode_image(image_bytes, channels=3, dtype=tf.uint8, expand_animations=False)
     image.set_shape([None, None, 3])
-    resized = tf.image.resize(image, [image_size, image_size], method="bilinear", antialias=True)
+    return resize_decoded(image, image_size)
+
+
+def resize_decoded(images: tf.Tensor, image_size: int) -> tf.Tensor:
+    """Resize decoded uint8 RGB (``[H, W, 3]`` or ``[B, H, W, 3]``) to ``image_size`` square.
+
+    The one resize both the bytes and the pixel signatures use. Returns float32
+    in [0, 255].
+    """
+    resized = tf.image.resize(images, [image_size, image_size], method="bilinear", antialias=True)
     return tf.clip_by_value(resized, 0.0, 255.0)
 
 

@@ -27,8 +27,10 @@ os.environ["GCE_METADATA_IP"] = "127.0.0.1:9"
 os.environ.pop("GOOGLE_APPLICATION_CREDENTIALS", None)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
-IDC_DIR = REPO_ROOT.parent / "shared" / "data" / "idc"
-WEIGHTS_DIR = REPO_ROOT.parent / "shared" / "weights"
+# ../shared beside the checkout; HISTO_SHARED_DIR points elsewhere (e.g. from a worktree).
+SHARED_DIR = Path(os.environ.get("HISTO_SHARED_DIR") or REPO_ROOT.parent / "shared")
+IDC_DIR = SHARED_DIR / "data" / "idc"
+WEIGHTS_DIR = SHARED_DIR / "weights"
 
 
 class Emulator:

@@ -58,6 +58,7 @@ def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
         threshold_method="fixed at 0.5 (test fixture)",
         image_size=IMAGE_SIZE,
         architecture="custom_cnn",
+        native_size=(48, 48),
         training_data={
             "images": len(paths),
             "per_class": {

@@ -106,6 +106,12 @@ def build_parser() -> argparse.ArgumentParser:
         "(the loader's latest skips it)",
     )
     p.add_argument(
+        "--mpp",
+        type=float,
+        help="microns per pixel of the training images, if known (recorded in the model's "
+        "metadata so slides are tiled at the training scale)",
+    )
+    p.add_argument(
         "--skip-bad-images", action="store_true", help="skip unreadable images instead of failing"
     )
     p.add_argument(

@@ -86,6 +86,9 @@ class TrainConfig:
     fine_tune_layers: int = 30
     augmentation: Augmentation = field(default_factory=Augmentation)
     skip_bad_images: bool = False
+    # Microns per pixel of the training images, when known: recorded in the model's
+    # metadata so slides are tiled at the training scale (histo_common.tiling).
+    mpp: float | None = None
     verbose: int | None = (
         None  # Keras verbosity; None: a bar on a terminal, a line per epoch otherwise
     )
@@ -145,6 +148,10 @@ class TrainConfig:
         if self.alpha is not None and self.alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
             raise ConfigError(
                 f"alpha must be a MobileNetV2 width (0.35, 0.5, 0.75, 1.0, ...), got {self.alpha}"
+            )
+        if self.mpp is not None and not 0.0 < self.mpp <= 100.0:
+            raise ConfigError(
+                f"mpp must be microns per pixel in (0, 100] (e.g. 0.25 at 40x), got {self.mpp}"
             )
         if self.fine_tune_epochs < 0 or self.fine_tune_layers < 0:
             raise ConfigError("fine_tune_epochs and fine_tune_layers must be >= 0")

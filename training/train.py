@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from histo_common import storage
+from histo_common.images import median_size
 from training.config import TrainConfig
 from training.data import (
     Dataset,
@@ -632,6 +633,8 @@ def train(config: TrainConfig) -> TrainResult:
         run_uri=run_uri,
         version=version,
         warnings=warnings,
+        native_size=median_size(e.data for e in dataset.examples),
+        mpp=config.mpp,
     )
     logger.info(
         "Done in %.0f s: %s (threshold %.3f), run record in %s",

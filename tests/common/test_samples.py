@@ -109,3 +109,66 @@ def test_overlay_draws_heat_where_the_heatmap_is_high() -> None:
     font = ImageFont.load_default(size=13)
     needed = ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font)
     assert out.shape[1] >= needed
+
+
+# ---------------------------------------------------------------- slides
+
+
+def test_synthetic_slide_is_deterministic_with_a_planted_lesion(tmp_path: Path) -> None:
+    from histo_common.samples import generate_slide
+    from histo_common.slides import open_slide
+
+    a = generate_slide(str(tmp_path / "a.tif"), 768, 512, seed=2, mpp=0.5)
+    b = generate_slide(str(tmp_path / "b.tif"), 768, 512, seed=2, mpp=0.5)
+    generate_slide(str(tmp_path / "c.tif"), 768, 512, seed=3, mpp=0.5)
+    assert (tmp_path / "a.tif").read_bytes() == (tmp_path / "b.tif").read_bytes()
+    assert (tmp_path / "a.tif").read_bytes() != (tmp_path / "c.tif").read_bytes()
+    assert a.patches == b.patches
+    malignant = [p for p in a.patches if p.malignant]
+    assert 0 < len(malignant) < len(a.patches)
+    with open_slide(a.uri) as slide:
+        assert slide.geometry.mpp == pytest.approx(0.5, rel=1e-3)
+
+        # Malignant cells carry more haematoxylin (darker) than benign ones.
+        def darkness(p):  # type: ignore[no-untyped-def]
+            return 255 - slide.read_region(p.x, p.y, 0, p.width, p.height).mean()
+
+        benign = [p for p in a.patches if not p.malignant]
+        assert np.mean([darkness(p) for p in malignant]) > np.mean([darkness(p) for p in benign])
+
+
+def test_parse_idc_name() -> None:
+    from histo_common.samples import parse_idc_name
+
+    assert parse_idc_name("8863_idx5_x1001_y1501_class1.png") == ("8863", 1001, 1501, True)
+    assert parse_idc_name("8863_idx5_x51_y1_class0.png") == ("8863", 51, 1, False)
+    assert parse_idc_name("synthetic_benign_00001.png") is None
+
+
+def test_reassemble_patches_at_their_coordinates(tmp_path: Path) -> None:
+    """Patches in the IDC layout go back where their names say (no real data needed)."""
+    from PIL import Image
+
+    from histo_common.samples import GLASS_RGB, reassemble_idc_patient
+    from histo_common.slides import open_slide
+
+    root = tmp_path / "idc"
+    colours = {}
+    for i, (x, y, cls) in enumerate([(1, 1, 0), (51, 1, 1), (301, 251, 1), (1, 251, 0)]):
+        folder = root / ("malignant" if cls else "benign")
+        folder.mkdir(parents=True, exist_ok=True)
+        colour = (40 * i + 20, 100, 200 - 30 * i)
+        colours[(x - 1, y - 1)] = colour
+        Image.new("RGB", (50, 50), colour).save(folder / f"77_idx5_x{x}_y{y}_class{cls}.png")
+    Image.new("RGB", (50, 50)).save(root / "benign" / "78_idx5_x1_y1_class0.png")
+    sample = reassemble_idc_patient(str(root), "77", str(tmp_path / "77.tif"), mpp=4.0)
+    assert (sample.width, sample.height) == (350, 300)
+    assert len(sample.patches) == 4
+    assert sum(p.malignant for p in sample.patches) == 2
+    with open_slide(sample.uri) as slide:
+        assert slide.geometry.dimensions == (350, 300)
+        for (x, y), colour in colours.items():
+            assert tuple(slide.read_region(x + 10, y + 10, 0, 1, 1)[0, 0]) == colour
+        assert tuple(slide.read_region(200, 100, 0, 1, 1)[0, 0]) == GLASS_RGB
+    with pytest.raises(ValueError, match="no IDC patches of patient 99"):
+        reassemble_idc_patient(str(root), "99", str(tmp_path / "99.tif"))

@@ -19,13 +19,15 @@ QUICK = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--verbose
 
 def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
     out = tmp_path / "models"
-    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK]) == 0
+    assert main(["--data", str(sample_dir), "--output", str(out), *QUICK, "--mpp", "4"]) == 0
     printed = capsys.readouterr().out
     assert "histo-cnn/1" in printed and "Research use only" in printed
     version = out / "histo-cnn" / "1"
     meta = json.loads((version / "metadata.json").read_text())
     assert meta["class_names"] == ["benign", "malignant"]
     assert meta["image_size"] == 32
+    # The training scale: source pixels of the 48 px samples, not the 32 px input.
+    assert meta["native_size"] == [48, 48] and meta["mpp"] == 4.0
     assert 0.0 < meta["threshold"] < 1.0
     assert "Youden" in meta["threshold_method"] and "out-of-fold" in meta["threshold_method"]
     assert "ensemble of 3" in meta["architecture"]
@@ -96,6 +98,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (["--aug-zoom", "0.9"], "augmentation.zoom"),
         (["--validation-fraction", "0.9"], "validation_fraction"),
         (["--folds", "0"], "folds"),
+        (["--mpp", "0"], "mpp"),
     ],
 )
 def test_bad_flags_name_the_field(flags: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
