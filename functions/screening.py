@@ -27,7 +27,13 @@ from typing import Any
 
 from functions.logs import log_context
 from functions.settings import FunctionSettings
-from histo_common import DISCLAIMER, storage
+from histo_common import DISCLAIMER, bucket_events, storage
+from histo_common.bucket_events import (
+    ERROR_SUFFIX,
+    GRADCAM_SUFFIX,
+    PREDICTION_SUFFIX,
+    is_own_output,
+)
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
 from histo_common.overlay import load_rgb, overlay_caption, render_overlay
 from histo_common.results import ErrorRow, ResultRow, prediction_document
@@ -35,10 +41,6 @@ from model_export.loader import LoadedModel, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
-GRADCAM_SUFFIX = ".gradcam.png"
-PREDICTION_SUFFIX = ".prediction.json"
-ERROR_SUFFIX = ".error.json"
-OUTPUT_SUFFIXES = (GRADCAM_SUFFIX, PREDICTION_SUFFIX, ERROR_SUFFIX)
 GENERATION_METADATA_KEY = "source-generation"
 FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 
@@ -104,15 +106,7 @@ def object_uri(bucket: str, name: str, settings: FunctionSettings) -> str:
     Raises:
         storage.InvalidObjectName: when the bucket or name could escape its place.
     """
-    if not bucket or "/" in bucket or "\\" in bucket or bucket in {".", ".."}:
-        raise storage.InvalidObjectName(f"bucket name {bucket!r} is not a single valid name")
-    if not name or name.endswith("/"):
-        raise storage.InvalidObjectName(f"object name {name!r} does not name a file")
-    if settings.local_bucket_root:
-        return storage.join(settings.local_bucket_root, bucket, name)
-    uri = f"{storage.GCS_SCHEME}{bucket}/{name}"
-    storage.split_gcs(uri)  # validates both parts
-    return uri
+    return bucket_events.object_uri(bucket, name, settings.local_bucket_root)
 
 
 def gradcam_uri(uri: str) -> str:
@@ -128,11 +122,6 @@ def prediction_uri(uri: str) -> str:
 def error_uri(uri: str) -> str:
     """Where the error document of ``uri`` goes."""
     return uri + ERROR_SUFFIX
-
-
-def is_own_output(name: str) -> bool:
-    """True for names this function writes, which must never be screened (no loops)."""
-    return name.endswith(OUTPUT_SUFFIXES)
 
 
 def skip_reason(name: str) -> str | None:
