@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -109,24 +110,49 @@ class Publisher:
             topic after an emulator restart, for instance).
     """
 
-    def __init__(self, topic_path: str, ensure: Any = None, timeout_s: float = 10.0) -> None:
+    def __init__(
+        self,
+        topic_path: str,
+        ensure: Any = None,
+        timeout_s: float = 5.0,
+        backoff_s: float = 1.0,
+    ) -> None:
         from google.cloud import pubsub_v1
 
         self.topic_path = topic_path
         self.ensure = ensure
         self.timeout_s = timeout_s
+        self.backoff_s = backoff_s
         self._client = pubsub_v1.PublisherClient()
         self._failed = False
+        self._retry_at = 0.0
 
-    def publish(self, data: bytes, attributes: Mapping[str, str]) -> bool:
-        """Publish one message; False (logged) when the service refused or is away."""
+    @property
+    def failing(self) -> bool:
+        """True from a failed publish until the next one succeeds."""
+        return self._failed
+
+    def publish(
+        self, data: bytes, attributes: Mapping[str, str], timeout_s: float | None = None
+    ) -> bool:
+        """Publish one message; False (logged) when the service refused or is away.
+
+        After a failure, calls within ``backoff_s`` return False at once, so a
+        service that is away does not hold the caller for a timeout per message.
+        """
+        if self._failed and time.monotonic() < self._retry_at:
+            return False
         try:
             if self._failed and self.ensure is not None:
                 self.ensure()
-            self._client.publish(self.topic_path, data, **attributes).result(self.timeout_s)
+            future = self._client.publish(self.topic_path, data, **attributes)
+            future.result(timeout_s or self.timeout_s)
         except Exception as exc:  # any failure: the notifier retries on its next poll
-            logger.warning("Could not publish to %s, will retry: %s", self.topic_path, exc)
+            logger.warning(
+                "Could not publish to %s, will retry: %s", self.topic_path, exc or type(exc)
+            )
             self._failed = True
+            self._retry_at = time.monotonic() + self.backoff_s
             return False
         self._failed = False
         return True
@@ -170,6 +196,11 @@ class Notifier:
             return True
         return False
 
+    def busy(self) -> bool:
+        """True while files wait to be announced or the topic cannot be reached."""
+        scanner = self.scanner
+        return scanner.pending + scanner.settling > 0 or self.publisher.failing
+
     def poll(self) -> list[str]:
         """Scan once; return the URIs announced."""
         return self.scanner.poll()
@@ -178,7 +209,7 @@ class Notifier:
         while not self._stop.is_set():
             try:
                 if not self.poll() and self.heartbeat is not None:
-                    self.publisher.publish(*self.heartbeat)
+                    self.publisher.publish(*self.heartbeat, timeout_s=1.0)
             except storage.StorageError as exc:
                 logger.warning("Cannot list %s, will retry: %s", self.scanner.bucket.list_uri, exc)
             self._stop.wait(self.interval_s)

@@ -229,6 +229,7 @@ class _CountWritten(beam.DoFn):
         uri = files.join(self.folder, written.file_name)
         lines = files.read_file(uri).decode("utf-8").splitlines()
         _note(self.run_id, "written", sum(1 for line in lines if line.strip()))
+        _note(self.run_id, "last_seen", time.monotonic())
         yield uri
 
 
@@ -549,9 +550,14 @@ def build_pipeline(
     return pipeline
 
 
-def _quiet_and_done(run_id: str, max_idle_s: float, started: float) -> bool:
+def _quiet_and_done(
+    run_id: str, max_idle_s: float, started: float, busy: Callable[[], bool] | None
+) -> bool:
     state = progress(run_id)
     idle = time.monotonic() - state.get("last_seen", started)
+    if busy is not None and busy():  # the notifier has files still to announce
+        _note(run_id, "last_seen", time.monotonic())
+        return False
     return idle >= max_idle_s and state["written"] >= state["owed"]
 
 
@@ -560,6 +566,7 @@ def _run_pipeline(
     pipeline_args: Sequence[str],
     subscription: str,
     wake: Callable[[], Any] | None = None,
+    busy: Callable[[], bool] | None = None,
 ) -> PipelineResult:
     if config.max_idle_s is None:
         result = build_pipeline(config, pipeline_args, subscription).run()
@@ -579,7 +586,7 @@ def _run_pipeline(
     waiter = threading.Thread(target=_wait, name="stream-wait", daemon=True)
     waiter.start()
     try:
-        while waiter.is_alive() and not _quiet_and_done(run_id, config.max_idle_s, started):
+        while waiter.is_alive() and not _quiet_and_done(run_id, config.max_idle_s, started, busy):
             time.sleep(0.2)
     finally:
         state = progress(run_id)

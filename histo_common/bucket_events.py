@@ -146,10 +146,13 @@ class BucketScanner:
         self.announced: dict[str, int | None] = {}
         self._last_seen: dict[str, tuple[int | None, int]] = {}
         self.failures = 0
+        self.pending = 0  # announcements refused by the last poll, to try again
+        self.settling = 0  # files the last poll saw change, to announce once still
 
     def poll(self) -> list[str]:
         """List the bucket once and announce new generations; return their URIs."""
         done = []
+        pending = settling = 0
         for info in storage.list_objects(self.bucket.list_uri):
             name = self.bucket.object_name(info.uri)
             if not self.wants(name) or self.announced.get(name) == info.generation:
@@ -157,10 +160,13 @@ class BucketScanner:
             seen = (info.generation, info.size)
             if self.settle and self._last_seen.get(name) != seen:
                 self._last_seen[name] = seen
+                settling += 1
                 continue
             if self.announce(name, info):
                 self.announced[name] = info.generation
                 done.append(info.uri)
             else:
                 self.failures += 1
+                pending += 1
+        self.pending, self.settling = pending, settling
         return done

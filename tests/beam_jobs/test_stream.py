@@ -236,3 +236,45 @@ def test_stream_scores_a_burst_once_each_and_follows_a_new_model_version(
     assert junk["stage"] == "notification" and "not a Cloud Storage notification" in junk["reason"]
     files_ = sorted(p.name for p in (output / "results").glob("part-*.jsonl"))
     assert files_ and all(name.startswith("part-2") and "-pane" in name for name in files_)
+
+
+@pytest.mark.slow
+def test_stream_loses_no_rows_when_the_emulator_restarts(
+    tmp_path: Path, emulator_bin: str, tiny_model, small_set: Path
+):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    output = tmp_path / "out"
+    images = sorted(small_set.rglob("*.png"))[:8]
+
+    def scenario(setup: stream.LocalSetup) -> None:
+        for path in images[:4]:
+            shutil.copy(path, uploads / path.name)
+        assert wait_for(lambda: len(_rows(output, "results")) >= 4, timeout=60)
+        setup.emulator.stop()
+        for path in images[4:]:  # announced while the emulator is away: retried
+            shutil.copy(path, uploads / path.name)
+        time.sleep(2)
+        setup.emulator.start()
+        setup.ensure()  # a restarted emulator has no topics: the launcher re-creates them
+
+    failures = _run_stream(
+        [
+            "--watch",
+            str(uploads),
+            "--model",
+            tiny_model.version_uri,
+            "--output",
+            str(output),
+            "--max-idle-seconds",
+            "5",
+            "--window-seconds",
+            "2",
+        ],
+        scenario,
+    )
+    assert not failures, failures
+    assert sorted(r["uri"] for r in _rows(output, "results")) == sorted(
+        str(uploads / p.name) for p in images
+    )
+    assert _rows(output, "errors") == []
