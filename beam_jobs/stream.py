@@ -542,9 +542,10 @@ def build_pipeline(
     pipeline_args: Sequence[str],
     subscription: str,
     run_id: str | None = None,
+    identity: ModelIdentity | None = None,
 ) -> beam.Pipeline:
     """The streaming pipeline, built but not run (``make dataflow-check`` inspects it)."""
-    identity = resolve_identity(config.model, None)
+    identity = identity or resolve_identity(config.model, None)
     pipeline = beam.Pipeline(options=pipeline_options(pipeline_args))
     add_streaming(pipeline, config, subscription, identity, run_id)
     return pipeline

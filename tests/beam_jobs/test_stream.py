@@ -20,7 +20,7 @@ from types import SimpleNamespace
 import pytest
 from support import wait_for
 
-from beam_jobs import notifications, pubsub_emulator, stream
+from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
 from beam_jobs.config import ConfigError
 from histo_common import storage
 from histo_common.bucket_events import watched_bucket
@@ -278,3 +278,42 @@ def test_stream_loses_no_rows_when_the_emulator_restarts(
         str(uploads / p.name) for p in images
     )
     assert _rows(output, "errors") == []
+
+
+# ------------------------------------------------------------- dataflow-check
+
+
+def _job(**changes) -> dataflow_check.JobCheck:
+    job = dataflow_check.JobCheck(
+        name="stream",
+        runner="DataflowRunner",
+        streaming=True,
+        steps=[f"{step}/Inner" for step in dataflow_check.STREAM_STEPS],
+        staged=list(dataflow_check.STAGED),
+    )
+    for key, value in changes.items():
+        setattr(job, key, value)
+    return job
+
+
+def test_dataflow_check_passes_a_complete_streaming_job():
+    job = dataflow_check.check(_job(), streaming=True, steps=dataflow_check.STREAM_STEPS)
+    assert job.problems == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"runner": "DirectRunner"}, "not DataflowRunner"),
+        ({"streaming": False}, "streaming is False"),
+        (
+            {"steps": [f"{s}/Inner" for s in dataflow_check.STREAM_STEPS if s != "RunInference"]},
+            "no RunInference step",
+        ),
+        ({"staged": ["requirements.txt"]}, "--setup_file"),
+        ({"staged": ["workflow.tar.gz"]}, "--requirements_file"),
+    ],
+)
+def test_dataflow_check_names_what_is_wrong(changes: dict, problem: str):
+    job = dataflow_check.check(_job(**changes), streaming=True, steps=dataflow_check.STREAM_STEPS)
+    assert any(problem in p for p in job.problems), job.problems
