@@ -5,18 +5,9 @@
 locals {
   service_accounts = {
     function = "histoscreen function: reads uploads and models, writes results beside each upload."
-    dataflow = "histoscreen Dataflow workers: read uploads and models, write results and temp files."
+    dataflow = "histoscreen Dataflow workers: read uploads, models and the uploads-stream subscription, write results and temp files."
     training = "histoscreen training job: reads training data, writes versioned SavedModels."
     build    = "histoscreen function build: turns the function source into a container."
-  }
-
-  buckets = {
-    uploads         = google_storage_bucket.uploads.name
-    models          = google_storage_bucket.models.name
-    results         = google_storage_bucket.results.name
-    dataflow_temp   = google_storage_bucket.dataflow_temp.name
-    training_data   = google_storage_bucket.training_data.name
-    function_source = google_storage_bucket.function_source.name
   }
 
   # Keys are static so for_each works before the accounts' emails are known.
@@ -60,7 +51,7 @@ resource "google_service_account" "pipeline" {
 resource "google_storage_bucket_iam_member" "pipeline" {
   for_each = local.bucket_grants
 
-  bucket = local.buckets[each.value.bucket]
+  bucket = google_storage_bucket.buckets[each.value.bucket].name
   role   = each.value.role
   member = "serviceAccount:${google_service_account.pipeline[each.value.account].email}"
 }
@@ -74,7 +65,9 @@ resource "google_project_iam_member" "pipeline" {
 }
 
 # The Cloud Storage service agent publishes object-finalize events to the Pub/Sub
-# topic behind the function's Eventarc trigger.
+# topic behind the function's Eventarc trigger. Eventarc creates that topic itself,
+# so the grant cannot be narrower; the stream's own topic has its own grant in
+# stream.tf.
 resource "google_project_iam_member" "gcs_publishes_events" {
   project = var.project_id
   role    = "roles/pubsub.publisher"

@@ -1,6 +1,7 @@
 # histoscreen on Google Cloud: the root module. Buckets are in buckets.tf, service
-# accounts and their grants in iam.tf, the upload-triggered function in function.tf,
-# the image registry and the training job in training.tf. Names here are the names
+# accounts and their grants in iam.tf, the two functions in function.tf, the image
+# registry and the training job in training.tf, the upload stream (notification,
+# Pub/Sub, the Dataflow job's launch) in stream.tf. Names here are the names
 # the Python code reads (see the project's ARCHITECTURE.md).
 
 provider "google" {
@@ -21,15 +22,8 @@ locals {
     managed-by = "terraform"
   })
 
-  bucket_names = {
-    uploads         = "${var.name_prefix}-uploads"
-    models          = "${var.name_prefix}-models"
-    results         = "${var.name_prefix}-results"
-    dataflow_temp   = "${var.name_prefix}-dataflow-temp"
-    training_data   = "${var.name_prefix}-training-data"
-    function_source = "${var.name_prefix}-function-source"
-    access_logs     = "${var.name_prefix}-access-logs"
-  }
+  # <name_prefix>-<role>, the names the code and the docs use (see buckets.tf).
+  bucket_names = { for key in keys(local.bucket_specs) : key => "${var.name_prefix}-${replace(key, "_", "-")}" }
 
   # The function picks the latest integer version under this root.
   model_uri = "gs://${local.bucket_names.models}/${var.model_name}"

@@ -54,8 +54,8 @@ resource "google_cloud_run_v2_job" "training" {
         # The model lands in gs://<prefix>-models/<model_name>/<next version>/, the
         # root the function's MODEL_URI names.
         args = [
-          "--data", "gs://${google_storage_bucket.training_data.name}/",
-          "--output", "gs://${google_storage_bucket.models.name}/",
+          "--data", "gs://${google_storage_bucket.buckets["training_data"].name}/",
+          "--output", "gs://${google_storage_bucket.buckets["models"].name}/",
           "--model-name", var.model_name,
         ]
 

@@ -34,7 +34,7 @@ variable "model_name" {
 }
 
 variable "kms_key_name" {
-  description = "Optional Cloud KMS key (projects/.../cryptoKeys/...) for the buckets and the Artifact Registry repository. null keeps Google-managed encryption. The Cloud Storage and Artifact Registry service agents need roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
+  description = "Optional Cloud KMS key (projects/.../cryptoKeys/...) for the buckets, the uploads topic and the Artifact Registry repository. null keeps Google-managed encryption. The Cloud Storage, Pub/Sub and Artifact Registry service agents need roles/cloudkms.cryptoKeyEncrypterDecrypter on it."
   type        = string
   default     = null
 }
@@ -151,6 +151,30 @@ variable "http_function_invokers" {
   validation {
     condition     = alltrue([for m in var.http_function_invokers : !contains(["allUsers", "allAuthenticatedUsers"], m)])
     error_message = "predict_http must not be public: remove allUsers and allAuthenticatedUsers from http_function_invokers."
+  }
+}
+
+# --- The upload stream (stream.tf) ----------------------------------------------
+
+variable "stream_message_retention_days" {
+  description = "Days the uploads-stream subscription keeps unacknowledged notifications, so a stopped stream catches up when relaunched (1 to 7)."
+  type        = number
+  default     = 7
+
+  validation {
+    condition     = var.stream_message_retention_days >= 1 && var.stream_message_retention_days <= 7
+    error_message = "stream_message_retention_days must be between 1 and 7 (Pub/Sub's limits for a subscription)."
+  }
+}
+
+variable "stream_model_poll_seconds" {
+  description = "How often the streaming job looks for a new model version under MODEL_URI (--model-poll-seconds in stream_command)."
+  type        = number
+  default     = 60
+
+  validation {
+    condition     = var.stream_model_poll_seconds >= 1
+    error_message = "stream_model_poll_seconds must be at least 1."
   }
 }
 

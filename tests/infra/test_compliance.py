@@ -156,3 +156,14 @@ def test_terraform_fmt_check() -> None:
         check=False,
     )
     assert completed.returncode == 0, completed.stdout + completed.stderr
+
+
+def test_moved_blocks_lead_to_planned_instances() -> None:
+    """Each `moved` target is an instance the module plans, so no rename strands state."""
+    text = (INFRA / "moved.tf").read_text(encoding="utf-8")
+    targets = re.findall(r"^\s*to\s*=\s*(\S+)\s*$", text, flags=re.MULTILINE)
+    sources = re.findall(r"^\s*from\s*=\s*(\S+)\s*$", text, flags=re.MULTILINE)
+    assert targets and len(targets) == len(sources)
+    planned = set(_planned(_plan("passing", "default")))
+    assert sorted(set(targets) - planned) == []
+    assert sorted(set(sources) & planned) == [], "a moved block's source is still declared"

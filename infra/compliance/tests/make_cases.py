@@ -62,6 +62,10 @@ AUTHORITATIVE = "Project IAM is only ever added to, never replaced"
 LABEL = "Resources carry the <key> label"
 PUBLIC_INVOKER = "Nobody outside the project can invoke a function through <invoker_resource>"
 INTERNAL_ONLY = "The upload-triggered function accepts internal traffic only"
+NOTIFY_FINALIZE = "Upload notifications are sent for new objects only"
+NOTIFY_JSON = "Upload notifications carry the object's JSON API resource"
+PUBSUB_PROJECT = "Project-level Pub/Sub roles go to the Cloud Storage service agent alone"
+TOPIC_PUBLISH_ONLY = "Grants on a topic only let it be published to"
 
 
 def ref(*references: str) -> dict[str, list[str]]:
@@ -75,8 +79,22 @@ def const(value: Any) -> dict[str, Any]:
 
 
 def resource_ref(address: str, attribute: str) -> dict[str, list[str]]:
-    """How terraform records `address.attribute` in an expression."""
-    return ref(f"{address}.{attribute}", address)
+    """How terraform records `address.attribute` in an expression.
+
+    An instance address (`type.name["key"]`) also refers to its whole resource.
+    """
+    whole = address.split("[", 1)[0]
+    return ref(f"{address}.{attribute}", address, *([whole] if whole != address else []))
+
+
+BUCKETS = "google_storage_bucket.buckets"
+FUNCTIONS = "google_cloudfunctions2_function.functions"
+ON_UPLOAD = f'{FUNCTIONS}["on_upload"]'
+
+
+def bucket_address(key: str) -> str:
+    """The address of one instance of buckets.tf's for_each, e.g. `...buckets["uploads"]`."""
+    return f'{BUCKETS}["{key}"]'
 
 
 SA = "google_service_account.pipeline"
@@ -136,8 +154,16 @@ def lifecycle_rule(action: str, storage_class: str = "", **condition: Any) -> di
 
 
 def bucket(role: str, versioned: bool, rules: list[dict], logged: bool = True, **kw: Any):
-    """A google_storage_bucket of buckets.tf (kw: kms_key, labels)."""
-    name = role.replace("-", "_")
+    """One instance of buckets.tf's google_storage_bucket.buckets.
+
+    kw: kms_key, labels, purpose (the purpose label when it is not the role).
+
+    The bucket blocks are one for_each over local.bucket_specs, so every instance
+    shares one configuration block; versioning, logging, lifecycle rules and
+    encryption are dynamic blocks, which terraform does not list among expressions.
+    """
+    key = role.replace("-", "_")
+    purpose = kw.get("purpose", role)
     values = {
         "name": f"{PREFIX}-{role}",
         "location": REGION.upper(),
@@ -152,35 +178,33 @@ def bucket(role: str, versioned: bool, rules: list[dict], logged: bool = True, *
         "encryption": [{"default_kms_key_name": kw["kms_key"]}] if kw.get("kms_key") else [],
     }
     expressions = {
-        "name": ref(f"local.bucket_names.{name}", "local.bucket_names"),
-        "labels": ref("local.labels"),
+        "name": ref("local.bucket_names", "each.key"),
+        "labels": ref("local.labels", "each.value.purpose", "each.value"),
         "uniform_bucket_level_access": const(True),
         "public_access_prevention": const("enforced"),
     }
-    if versioned:
-        expressions["versioning"] = [{"enabled": const(True)}]
-    if logged:
-        access_logs = "google_storage_bucket.access_logs"
-        expressions["logging"] = [{"log_bucket": resource_ref(access_logs, "name")}]
     unknown = {"id": True, "project_number": True, "self_link": True, "url": True}
     return Resource(
         "google_storage_bucket",
-        name,
-        labelled(values, kw.get("labels", LABELS)),
+        "buckets",
+        labelled(values, {**kw.get("labels", LABELS), "purpose": purpose}),
         unknown,
         expressions,
+        key,
+        {"for_each_expression": ref("local.bucket_specs")},
     )
 
 
 def iam(kind: str, local_name: str, role: str, member: str | None = None, **kw: Any) -> Resource:
     """An IAM grant. member None: a service account's email, known only after apply.
 
-    kw: members (list), index, expressions, iteration, and the scope (bucket, project...).
+    kw: members (list), index, expressions, iteration, unknown (the scope's attributes
+    known only after apply, e.g. {"topic": True}), and the scope (bucket, project...).
     """
-    special = ("members", "index", "expressions", "iteration")
+    special = ("members", "index", "expressions", "iteration", "unknown")
     values = {key: value for key, value in kw.items() if key not in special}
     values.update(role=role, condition=[])
-    unknown = {"etag": True, "id": True}
+    unknown = {"etag": True, "id": True, **kw.get("unknown", {})}
     if "members" in kw:
         values["members"] = kw["members"]
     elif member is None:
@@ -234,8 +258,12 @@ APIS = [
 ]
 
 
-def function(name: str, entry_point: str, triggered: bool, labels: dict | None, **kw: Any):
-    """A google_cloudfunctions2_function of function.tf (kw: index, iteration)."""
+def function(entry_point: str, ingress: str, labels: dict | None) -> Resource:
+    """One instance of function.tf's google_cloudfunctions2_function.functions.
+
+    Keyed by entry point; on_upload alone has the (dynamic) event_trigger block.
+    """
+    triggered = entry_point == "on_upload"
     source = "google_storage_bucket_object.function_source"
     service_config = {
         "available_cpu": "2",
@@ -244,7 +272,7 @@ def function(name: str, entry_point: str, triggered: bool, labels: dict | None, 
         "min_instance_count": 0,
         "max_instance_count": 10,
         "max_instance_request_concurrency": 1,
-        "ingress_settings": "ALLOW_INTERNAL_ONLY",
+        "ingress_settings": ingress,
         "all_traffic_on_latest_revision": True,
         "environment_variables": {
             "MODEL_URI": f"gs://{PREFIX}-models/{MODEL_NAME}",
@@ -254,7 +282,7 @@ def function(name: str, entry_point: str, triggered: bool, labels: dict | None, 
     }
     storage_source = {"bucket": f"{PREFIX}-function-source", "object": SOURCE_OBJECT}
     values = {
-        "name": f"{PREFIX}-{name}",
+        "name": f"{PREFIX}-{entry_point.replace('_', '-')}",
         "location": REGION,
         "build_config": [
             {
@@ -273,9 +301,12 @@ def function(name: str, entry_point: str, triggered: bool, labels: dict | None, 
         "service_config": [{"service": True, "service_account_email": True, "uri": True}],
     }
     expressions: dict[str, Any] = {
+        "name": ref("var.name_prefix", "each.key"),
+        "description": ref("each.value.description", "each.value"),
         "labels": ref("local.labels"),
         "build_config": [
             {
+                "entry_point": ref("each.key"),
                 "service_account": ref(f'{SA}["build"].id', f'{SA}["build"]', SA),
                 "docker_repository": resource_ref(
                     "google_artifact_registry_repository.images", "id"
@@ -283,7 +314,12 @@ def function(name: str, entry_point: str, triggered: bool, labels: dict | None, 
                 "source": [{"storage_source": [{"object": resource_ref(source, "name")}]}],
             }
         ],
-        "service_config": [{"service_account_email": ref("local.function_service_account")}],
+        "service_config": [
+            {
+                "ingress_settings": ref("each.value.ingress_settings", "each.value"),
+                "service_account_email": ref("local.function_service_account"),
+            }
+        ],
     }
     if triggered:
         values["event_trigger"] = [
@@ -295,17 +331,105 @@ def function(name: str, entry_point: str, triggered: bool, labels: dict | None, 
             }
         ]
         unknown["event_trigger"] = [{"service_account_email": True, "pubsub_topic": True}]
-        uploads = resource_ref("google_storage_bucket.uploads", "name")
-        expressions["event_trigger"] = [{"event_filters": [{"value": uploads}]}]
     return Resource(
         "google_cloudfunctions2_function",
-        name.replace("-", "_"),
+        "functions",
         labelled(values, labels),
         unknown,
         expressions,
-        kw.get("index"),
-        kw.get("iteration", {}),
+        entry_point,
+        {"for_each_expression": ref("local.deployed_functions")},
     )
+
+
+TOPIC = "google_pubsub_topic.uploads"
+SUBSCRIPTION = "google_pubsub_subscription.uploads_stream"
+NOTIFICATION = "google_storage_notification.uploads"
+GCS_AGENT_REF = resource_ref("data.google_storage_project_service_account.gcs", "email_address")
+STREAM_READER_ROLES = ("roles/pubsub.subscriber", "roles/pubsub.viewer")
+
+
+def stream_resources(labels: dict[str, str], kms_key: str | None) -> list[Resource]:
+    """The resources of stream.tf: topic, notification, subscription and their grants.
+
+    Ids of new Pub/Sub resources are known only after apply, so every reference to
+    the topic or the subscription is unknown in the plan.
+    """
+    topic_id = resource_ref(TOPIC, "id")
+    return [
+        Resource(
+            "google_pubsub_topic",
+            "uploads",
+            labelled({"name": f"{PREFIX}-uploads", "kms_key_name": kms_key}, labels),
+            {"id": True},
+            {
+                "name": ref("var.name_prefix"),
+                "labels": ref("local.labels"),
+                "kms_key_name": ref("var.kms_key_name"),
+            },
+        ),
+        iam(
+            "google_pubsub_topic_iam_member",
+            "gcs_publishes_uploads",
+            "roles/pubsub.publisher",
+            f"serviceAccount:{GCS_AGENT}",
+            unknown={"topic": True},
+            expressions={"topic": topic_id, "member": GCS_AGENT_REF},
+        ),
+        Resource(
+            "google_storage_notification",
+            "uploads",
+            {
+                "bucket": f"{PREFIX}-uploads",
+                "payload_format": "JSON_API_V1",
+                "event_types": ["OBJECT_FINALIZE"],
+                "custom_attributes": None,
+                "object_name_prefix": None,
+            },
+            {"id": True, "notification_id": True, "self_link": True, "topic": True},
+            {
+                "bucket": resource_ref(UPLOADS, "name"),
+                "topic": topic_id,
+                "payload_format": const("JSON_API_V1"),
+                "event_types": const(["OBJECT_FINALIZE"]),
+            },
+        ),
+        Resource(
+            "google_pubsub_subscription",
+            "uploads_stream",
+            labelled(
+                {
+                    "name": f"{PREFIX}-uploads-stream",
+                    "ack_deadline_seconds": 60,
+                    "message_retention_duration": "604800s",
+                    "expiration_policy": [{"ttl": ""}],
+                },
+                labels,
+            ),
+            {"id": True, "topic": True},
+            {
+                "name": ref("var.name_prefix"),
+                "topic": topic_id,
+                "labels": ref("local.labels"),
+                "message_retention_duration": ref("var.stream_message_retention_days"),
+            },
+        ),
+        *(
+            iam(
+                "google_pubsub_subscription_iam_member",
+                "dataflow_reads_uploads",
+                role,
+                index=role,
+                unknown={"subscription": True},
+                iteration={"for_each_expression": const(list(STREAM_READER_ROLES))},
+                expressions={
+                    "subscription": resource_ref(SUBSCRIPTION, "id"),
+                    "member": sa_ref("dataflow"),
+                },
+            )
+            for role in STREAM_READER_ROLES
+        ),
+    ]
 
 
 def training_job(labels: dict[str, str]) -> Resource:
@@ -325,7 +449,7 @@ def training_job(labels: dict[str, str]) -> Resource:
         "location": REGION,
         "template": [{"labels": dict(labels), "task_count": 1, "template": [task]}],
     }
-    buckets = ("google_storage_bucket.training_data", "google_storage_bucket.models")
+    args = [resource_ref(bucket_address(key), "name") for key in ("training_data", "models")]
     expressions = {
         "labels": ref("local.labels"),
         "template": [
@@ -333,9 +457,7 @@ def training_job(labels: dict[str, str]) -> Resource:
                 "template": [
                     {
                         "service_account": sa_ref("training"),
-                        "containers": [
-                            {"args": ref(*(f"{b}{a}" for b in buckets for a in (".name", "")))}
-                        ],
+                        "containers": [{"args": ref(*(r for a in args for r in a["references"]))}],
                     }
                 ]
             }
@@ -363,7 +485,13 @@ def base_resources(
         bucket("models", True, [keep_noncurrent_90_days], **common),
         bucket("training-data", True, [keep_noncurrent_90_days], **common),
         bucket("results", False, nearline_30_delete_365, **common),
-        bucket("dataflow-temp", False, [lifecycle_rule("Delete", age=7)], **common),
+        bucket(
+            "dataflow-temp",
+            False,
+            [lifecycle_rule("Delete", age=7)],
+            purpose="dataflow-scratch",
+            **common,
+        ),
         bucket("function-source", False, [], **common),
         bucket("access-logs", False, [lifecycle_rule("Delete", age=90)], logged=False, **common),
         iam(
@@ -372,7 +500,7 @@ def base_resources(
             "roles/storage.objectCreator",
             "group:cloud-storage-analytics@google.com",
             bucket=f"{PREFIX}-access-logs",
-            expressions={"bucket": resource_ref("google_storage_bucket.access_logs", "name")},
+            expressions={"bucket": resource_ref(bucket_address("access_logs"), "name")},
         ),
         Resource(
             "google_storage_bucket_object",
@@ -384,7 +512,7 @@ def base_resources(
                 "content_type": "application/zip",
             },
             {"id": True, "md5hash": True, "generation": True},
-            {"bucket": resource_ref("google_storage_bucket.function_source", "name")},
+            {"bucket": resource_ref(bucket_address("function_source"), "name")},
         ),
         *(
             Resource(
@@ -410,7 +538,10 @@ def base_resources(
                 bucket=f"{PREFIX}-{bucket_role}",
                 index=key,
                 iteration={"for_each_expression": ref("local.bucket_grants")},
-                expressions={"member": ref(SA, "each.value.account", "each.value")},
+                expressions={
+                    "bucket": ref(BUCKETS, "each.value.bucket", "each.value"),
+                    "member": ref(SA, "each.value.account", "each.value"),
+                },
             )
             for key, (_, bucket_role, role) in BUCKET_GRANTS.items()
         ),
@@ -432,11 +563,7 @@ def base_resources(
             "roles/pubsub.publisher",
             f"serviceAccount:{GCS_AGENT}",
             project=PROJECT,
-            expressions={
-                "member": resource_ref(
-                    "data.google_storage_project_service_account.gcs", "email_address"
-                )
-            },
+            expressions={"member": GCS_AGENT_REF},
         ),
         *(
             Resource(
@@ -485,7 +612,8 @@ def base_resources(
             expressions={"repository": resource_ref(repository, "name"), "member": sa_ref("build")},
         ),
         training_job(labels),
-        function("on-upload", "on_upload", triggered=True, labels=labels),
+        function("on_upload", "ALLOW_INTERNAL_ONLY", labels),
+        *stream_resources(labels, kms_key),
         iam(
             "google_cloud_run_v2_service_iam_member",
             "on_upload_trigger_invoker",
@@ -493,21 +621,14 @@ def base_resources(
             location=REGION,
             name=f"{PREFIX}-on-upload",
             expressions={
-                "name": resource_ref("google_cloudfunctions2_function.on_upload", "name"),
+                "name": resource_ref(ON_UPLOAD, "name"),
                 "member": ref("local.function_service_account"),
             },
         ),
     ]
     if http_function:
         resources += [
-            function(
-                "predict-http",
-                "predict_http",
-                triggered=False,
-                labels=labels,
-                index=0,
-                iteration={"count_expression": ref("var.deploy_http_function")},
-            ),
+            function("predict_http", "ALLOW_INTERNAL_ONLY", labels),
             http_invoker(INVOKER),
         ]
     return resources
@@ -526,13 +647,7 @@ def http_invoker(member: str) -> Resource:
         iteration={
             "for_each_expression": ref("var.deploy_http_function", "var.http_function_invokers")
         },
-        expressions={
-            "name": ref(
-                "google_cloudfunctions2_function.predict_http[0].name",
-                "google_cloudfunctions2_function.predict_http[0]",
-                "google_cloudfunctions2_function.predict_http",
-            )
-        },
+        expressions={"name": resource_ref(f'{FUNCTIONS}["predict_http"]', "name")},
     )
 
 
@@ -623,6 +738,8 @@ VARIABLES: dict[str, Any] = {
     "deploy_http_function": True,
     "http_function_invokers": [INVOKER],
     "http_function_ingress": "ALLOW_INTERNAL_ONLY",
+    "stream_message_retention_days": 7,
+    "stream_model_poll_seconds": 60,
 }
 
 
@@ -658,17 +775,6 @@ def set_value(address: str, key: str, value: Any, within: tuple[str | int, ...] 
     return mutate
 
 
-def drop_expression(config_address: str, key: str) -> Mutation:
-    """Mutation: the attribute was deleted from the .tf (gone from `configuration` too)."""
-
-    def mutate(plan: dict[str, Any]) -> None:
-        blocks = plan["configuration"]["root_module"]["resources"]
-        block = next(b for b in blocks if b["address"] == config_address)
-        del block["expressions"][key]
-
-    return mutate
-
-
 def add_resource(resource: Resource) -> Mutation:
     """Mutation: someone added this resource to the .tf."""
 
@@ -695,8 +801,9 @@ class FailingCase:
     messages: tuple[str, ...]  # text the failure output must contain
 
 
-BUCKETS = "google_storage_bucket"
-ON_UPLOAD = "google_cloudfunctions2_function.on_upload"
+UPLOADS, MODELS, RESULTS, TRAINING_DATA = map(
+    bucket_address, ("uploads", "models", "results", "training_data")
+)
 ALL_USERS_RE = "It is set to allUsers"
 ALL_AUTHENTICATED_RE = "It is set to allAuthenticatedUsers"
 NO_LABELS = {"goog-terraform-provisioned": "true"}
@@ -704,39 +811,33 @@ NO_LABELS = {"goog-terraform-provisioned": "true"}
 FAILING: dict[str, FailingCase] = {
     "bucket_uniform_access_off": FailingCase(
         "uploads bucket with uniform_bucket_level_access = false",
-        (set_value(f"{BUCKETS}.uploads", "uniform_bucket_level_access", False),),
+        (set_value(UPLOADS, "uniform_bucket_level_access", False),),
         (UNIFORM,),
-        (f"uniform_bucket_level_access property in {BUCKETS}.uploads",),
+        (f"uniform_bucket_level_access property in {UPLOADS}",),
     ),
     "bucket_public_access_inherited": FailingCase(
         'results bucket with public_access_prevention = "inherited"',
-        (set_value(f"{BUCKETS}.results", "public_access_prevention", "inherited"),),
+        (set_value(RESULTS, "public_access_prevention", "inherited"),),
         (PREVENTION,),
-        (f"public_access_prevention property in {BUCKETS}.results", "It is set to inherited"),
+        (f"public_access_prevention property in {RESULTS}", "It is set to inherited"),
     ),
     "models_versioning_disabled": FailingCase(
         "models bucket with versioning { enabled = false }",
-        (set_value(f"{BUCKETS}.models", "versioning", [{"enabled": False}]),),
+        (set_value(MODELS, "versioning", [{"enabled": False}]),),
         (MODELS_VERSIONING,),
-        (f"enabled property in {BUCKETS}.models", "It is set to False"),
+        (f"enabled property in {MODELS}", "It is set to False"),
     ),
     "models_versioning_missing": FailingCase(
-        "models bucket without a versioning block",
-        (
-            set_value(f"{BUCKETS}.models", "versioning", []),
-            drop_expression(f"{BUCKETS}.models", "versioning"),
-        ),
+        "models bucket spec with versioned = false: no versioning block",
+        (set_value(MODELS, "versioning", []),),
         (MODELS_VERSIONING,),
-        (f"{BUCKETS}.models ({BUCKETS}) does not have versioning property",),
+        (f"{MODELS} (google_storage_bucket) does not have versioning property",),
     ),
     "bucket_without_access_logs": FailingCase(
-        "results bucket without a logging block",
-        (
-            set_value(f"{BUCKETS}.results", "logging", []),
-            drop_expression(f"{BUCKETS}.results", "logging"),
-        ),
+        "results bucket spec with access_logged = false: no logging block",
+        (set_value(RESULTS, "logging", []),),
         (ACCESS_LOGS,),
-        (f"{BUCKETS}.results ({BUCKETS}) does not have logging property",),
+        (f"{RESULTS} (google_storage_bucket) does not have logging property",),
     ),
     "bucket_member_all_users": FailingCase(
         "uploads readable by allUsers through a google_storage_bucket_iam_member",
@@ -748,7 +849,7 @@ FAILING: dict[str, FailingCase] = {
                     "roles/storage.objectViewer",
                     "allUsers",
                     bucket=f"{PREFIX}-uploads",
-                    expressions={"bucket": resource_ref(f"{BUCKETS}.uploads", "name")},
+                    expressions={"bucket": resource_ref(UPLOADS, "name")},
                 )
             ),
         ),
@@ -765,7 +866,7 @@ FAILING: dict[str, FailingCase] = {
                     "roles/storage.objectViewer",
                     members=["allAuthenticatedUsers"],
                     bucket=f"{PREFIX}-results",
-                    expressions={"bucket": resource_ref(f"{BUCKETS}.results", "name")},
+                    expressions={"bucket": resource_ref(RESULTS, "name")},
                 )
             ),
         ),
@@ -784,7 +885,7 @@ FAILING: dict[str, FailingCase] = {
                     "results",
                     {"bucket": f"{PREFIX}-results", "predefined_acl": "publicRead"},
                     {"id": True, "role_entity": True},
-                    {"bucket": resource_ref(f"{BUCKETS}.results", "name")},
+                    {"bucket": resource_ref(RESULTS, "name")},
                 )
             ),
         ),
@@ -828,7 +929,6 @@ FAILING: dict[str, FailingCase] = {
             set_value(ON_UPLOAD, "labels", None),
             set_value(ON_UPLOAD, "effective_labels", NO_LABELS),
             set_value(ON_UPLOAD, "terraform_labels", NO_LABELS),
-            drop_expression(ON_UPLOAD, "labels"),
         ),
         (LABEL,),
         (
@@ -838,9 +938,15 @@ FAILING: dict[str, FailingCase] = {
     ),
     "bucket_wrong_managed_by_label": FailingCase(
         'training-data bucket labelled managed-by = "console"',
-        (set_value(f"{BUCKETS}.training_data", "labels", {**LABELS, "managed-by": "console"}),),
+        (
+            set_value(
+                TRAINING_DATA,
+                "labels",
+                {**LABELS, "purpose": "training-data", "managed-by": "console"},
+            ),
+        ),
         (LABEL,),
-        (f"managed-by property in {BUCKETS}.training_data", "It is set to console"),
+        (f"managed-by property in {TRAINING_DATA}", "It is set to console"),
     ),
     "http_function_invoker_all_users": FailingCase(
         'http_function_invokers = ["allUsers"]: predict_http invokable by anyone',
@@ -879,6 +985,78 @@ FAILING: dict[str, FailingCase] = {
         (INTERNAL_ONLY,),
         (f"ingress_settings property in {ON_UPLOAD}", "It is set to ALLOW_ALL"),
     ),
+    "notification_every_event_type": FailingCase(
+        "uploads notification without event_types, so sent for deletes and metadata updates too",
+        (set_value(NOTIFICATION, "event_types", None),),
+        (NOTIFY_FINALIZE,),
+        (f"event_types property in {NOTIFICATION}", "It is set to None"),
+    ),
+    "notification_delete_events": FailingCase(
+        'uploads notification with event_types = ["OBJECT_FINALIZE", "OBJECT_DELETE"]',
+        (set_value(NOTIFICATION, "event_types", ["OBJECT_FINALIZE", "OBJECT_DELETE"]),),
+        (NOTIFY_FINALIZE,),
+        (f"event_types property in {NOTIFICATION}", "It is set to OBJECT_DELETE"),
+    ),
+    "notification_without_payload": FailingCase(
+        'uploads notification with payload_format = "NONE": no object resource to parse',
+        (set_value(NOTIFICATION, "payload_format", "NONE"),),
+        (NOTIFY_JSON,),
+        (f"payload_format property in {NOTIFICATION}", "It is set to NONE"),
+    ),
+    "dataflow_project_pubsub_subscriber": FailingCase(
+        "Dataflow account given roles/pubsub.subscriber on the whole project",
+        (
+            add_resource(
+                iam(
+                    "google_project_iam_member",
+                    "pipeline",
+                    "roles/pubsub.subscriber",
+                    project=PROJECT,
+                    index="dataflow-subscribes",
+                    iteration={"for_each_expression": ref("local.project_grants")},
+                    expressions={"member": ref(SA, "each.value.account", "each.value")},
+                )
+            ),
+        ),
+        (PUBSUB_PROJECT,),
+        ('member property in google_project_iam_member.pipeline["dataflow-subscribes"]',),
+    ),
+    "topic_subscriber_grant": FailingCase(
+        "Dataflow account given roles/pubsub.subscriber on the topic (every subscription of it)",
+        (
+            add_resource(
+                iam(
+                    "google_pubsub_topic_iam_member",
+                    "dataflow_subscribes",
+                    "roles/pubsub.subscriber",
+                    unknown={"topic": True},
+                    expressions={"topic": resource_ref(TOPIC, "id"), "member": sa_ref("dataflow")},
+                )
+            ),
+        ),
+        (TOPIC_PUBLISH_ONLY,),
+        (
+            "role property in google_pubsub_topic_iam_member.dataflow_subscribes",
+            "It is set to roles/pubsub.subscriber",
+        ),
+    ),
+    "topic_publisher_all_users": FailingCase(
+        "anyone on the internet may publish fake upload notifications to the topic",
+        (
+            add_resource(
+                iam(
+                    "google_pubsub_topic_iam_member",
+                    "public_publish",
+                    "roles/pubsub.publisher",
+                    "allUsers",
+                    unknown={"topic": True},
+                    expressions={"topic": resource_ref(TOPIC, "id")},
+                )
+            ),
+        ),
+        (PUBLIC_MEMBER,),
+        ("member property in google_pubsub_topic_iam_member.public_publish", ALL_USERS_RE),
+    ),
 }
 
 # Scenarios that must run (not be skipped) and pass on every passing case, so a
@@ -892,6 +1070,10 @@ ALWAYS_RUN = (
     PRIMITIVE,
     LABEL,
     INTERNAL_ONLY,
+    NOTIFY_FINALIZE,
+    NOTIFY_JSON,
+    PUBSUB_PROJECT,
+    TOPIC_PUBLISH_ONLY,
 )
 # predict_http's invoker is the only function invoker whose member is known at plan time.
 ALSO_RUN = {"default": (PUBLIC_INVOKER,), "with_kms_key_and_extra_labels": (PUBLIC_INVOKER,)}
