@@ -101,6 +101,7 @@ bench: setup ## speed benchmarks (ratios against baselines measured in the same 
 	$(PY) bench/bench_pipeline.py
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_function.py
+	$(PY) bench/bench_stream.py
 
 bench-training: setup ## real-data quality benchmark on ../shared/data/idc (about an hour)
 	$(PY) bench/bench_training.py --seeds 1 2 --baseline
