@@ -317,3 +317,10 @@ def test_dataflow_check_passes_a_complete_streaming_job():
 def test_dataflow_check_names_what_is_wrong(changes: dict, problem: str):
     job = dataflow_check.check(_job(**changes), streaming=True, steps=dataflow_check.STREAM_STEPS)
     assert any(problem in p for p in job.problems), job.problems
+
+
+def test_command_without_emulator_says_how_to_install_it(monkeypatch, tmp_path, tiny_model, capsys):
+    monkeypatch.setenv(pubsub_emulator.EMULATOR_ENV, str(tmp_path / "nothing"))
+    argv = ["--watch", str(tmp_path / "w"), "--model", tiny_model.root_uri, "--output", "o"]
+    assert stream.main(argv) == 2
+    assert "gcloud components install pubsub-emulator" in capsys.readouterr().err
