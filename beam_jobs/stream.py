@@ -18,10 +18,15 @@ windowed ``<output>/results/part-<window start>-<window end>-...jsonl`` and
 ``<output>/errors/...``, the batch job's row schema. Every notification for an
 image ends as one result row or one error row.
 
-Model refresh: with a model root, a side input of ``ModelMetadata`` polls the
-root every ``--model-poll-seconds`` and names its latest complete version
-(metadata written last); RunInference loads a new version without stopping
-and each row names the version that scored it.
+Model refresh: with a model root, the handler looks for a newer complete
+version (metadata written last) every ``--model-poll-seconds`` and swaps it in
+without stopping; each row names the version that scored it (see
+:class:`RefreshingModelHandler` for why not RunInference's side-input refresh).
+
+Locally (``--max-idle-seconds``) the stream ends itself: the DirectRunner cannot
+be stopped from inside the graph, so the stages report when they last received
+a notification and how many rows they owe and have written, and the launcher
+cancels the run once it is quiet and owes nothing.
 """
 
 from __future__ import annotations
