@@ -7,6 +7,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 CHECKOV_VENV := .venv-checkov
+DATAFLOW_VENV := .venv-dataflow
+DATAFLOW_REQUIREMENTS := beam_jobs/requirements-dataflow-check.txt
 CHROMIUM := /usr/bin/chromium
 
 # The embedded default: local folders stand in for the cloud buckets.
@@ -24,7 +26,8 @@ export GCE_METADATA_IP := 127.0.0.1:9
 export PYTHONDONTWRITEBYTECODE := 1
 
 .PHONY: help setup lint format test pytest demo samples train score evaluate watch app \
-	function-zip bench bench-training bench-training-quick bench-training-breakhis infra-check infra-plan clean
+	function-zip bench bench-training bench-training-quick bench-training-breakhis infra-check infra-plan clean \
+	stream dataflow-check
 
 help: ## list the targets
 	@grep -hE '^[a-zA-Z_-]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*## "}; {printf "  \033[36m%-14s\033[0m %s\n", $$1, $$2}'
@@ -50,7 +53,7 @@ format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
 	$(VENV)/bin/ruff format .
 
-test: lint infra-check ## everything CI runs: lint, infrastructure policies, the test suite
+test: lint infra-check dataflow-check ## everything CI runs: lint, policies, Dataflow dry runs, the test suite
 	$(PY) -m pytest -q --ignore=tests/infra $(PYTEST_ARGS)
 
 pytest: setup ## the Python test suite only (infra cases included)
@@ -76,6 +79,19 @@ evaluate: setup ## evaluate a scoring run against its folder labels (SCORES=...,
 watch: setup ## run the upload function locally: drop images into buckets/uploads/
 	$(PY) -m functions.watch --bucket $(UPLOADS) --model $(MODELS)/histo-cnn
 
+stream: setup ## stream-score images dropped into buckets/uploads/ (Pub/Sub emulator; ARGS=...)
+	$(PY) -m beam_jobs.stream --watch $(UPLOADS) --model $(MODELS)/histo-cnn \
+		--output $(RESULTS)/stream $(ARGS)
+
+$(DATAFLOW_VENV)/.installed: $(DATAFLOW_REQUIREMENTS)
+	test -x $(DATAFLOW_VENV)/bin/python || $(PYTHON) -m venv $(DATAFLOW_VENV)
+	$(DATAFLOW_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(DATAFLOW_VENV)/bin/python -m pip install --quiet -r $(DATAFLOW_REQUIREMENTS)
+	touch $@
+
+dataflow-check: $(DATAFLOW_VENV)/.installed ## build both Beam jobs for Dataflow (--dry_run) and check them
+	PYTHONPATH=$(CURDIR) $(DATAFLOW_VENV)/bin/python -m beam_jobs.dataflow_check
+
 app: setup ## the Streamlit app on http://127.0.0.1:8501
 	$(VENV)/bin/streamlit run app/streamlit_app.py --server.address 127.0.0.1 --server.port 8501
 
@@ -87,6 +103,7 @@ bench: setup ## speed benchmarks (ratios against baselines measured in the same 
 	$(PY) bench/bench_scoring.py
 	$(PY) bench/bench_function.py
 	$(PY) bench/bench_tiles.py
+	$(PY) bench/bench_stream.py
 
 bench-training: setup ## held-out IDC patients, full protocol (hours; a rerun resumes, ARGS=...)
 	$(PY) bench/bench_training.py --mode full $(ARGS)

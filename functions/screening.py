@@ -27,10 +27,11 @@ from typing import Any
 
 from functions.logs import log_context
 from functions.settings import FunctionSettings
-from histo_common import DISCLAIMER, storage
+from histo_common import DISCLAIMER, bucket_events, storage
+from histo_common.bucket_events import is_own_output
 from histo_common.errors import one_line
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
-from histo_common.layout import error_sibling, gradcam_sibling, is_output, prediction_sibling
+from histo_common.layout import error_sibling, gradcam_sibling, prediction_sibling
 from histo_common.overlay import load_rgb, overlay_png
 from histo_common.results import ErrorRow, ResultRow, prediction_document
 from model_export import contract
@@ -104,26 +105,13 @@ def object_uri(bucket: str, name: str, settings: FunctionSettings) -> str:
     Raises:
         storage.InvalidObjectName: when the bucket or name could escape its place.
     """
-    if not bucket or "/" in bucket or "\\" in bucket or bucket in {".", ".."}:
-        raise storage.InvalidObjectName(f"bucket name {bucket!r} is not a single valid name")
-    if not name or name.endswith("/"):
-        raise storage.InvalidObjectName(f"object name {name!r} does not name a file")
-    if settings.local_bucket_root:
-        return storage.join(settings.local_bucket_root, bucket, name)
-    uri = f"{storage.GCS_SCHEME}{bucket}/{name}"
-    storage.split_gcs(uri)  # validates both parts
-    return uri
+    return bucket_events.object_uri(bucket, name, settings.local_bucket_root)
 
 
 # Output names beside each upload: one definition, in the run layout.
 gradcam_uri = gradcam_sibling
 prediction_uri = prediction_sibling
 error_uri = error_sibling
-
-
-def is_own_output(name: str) -> bool:
-    """True for names this function writes, which must never be screened (no loops)."""
-    return is_output(name)
 
 
 def skip_reason(name: str) -> str | None:

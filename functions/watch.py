@@ -33,15 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
 
-from functions.screening import (
-    FINALIZED_EVENT_TYPE,
-    error_uri,
-    gradcam_uri,
-    is_own_output,
-    prediction_uri,
-)
+from functions.screening import FINALIZED_EVENT_TYPE, error_uri, gradcam_uri, prediction_uri
 from histo_common import storage
-from histo_common.images import has_image_suffix
+from histo_common.bucket_events import (
+    BucketScanner,
+    WatchedBucket,
+    object_resource,
+    watched_bucket,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -50,30 +49,6 @@ REPO_ROOT = MAIN_SOURCE.parents[1]
 DEFAULT_INTERVAL_S = 0.5
 READY_TIMEOUT_S = 120.0
 DELIVERY_TIMEOUT_S = 300.0  # the first event loads TensorFlow and the model
-
-
-@dataclass(frozen=True)
-class WatchedBucket:
-    """Where the watcher looks and how the function names it.
-
-    Attributes:
-        name: the bucket name put in each event.
-        list_uri: what to list (a local folder, or ``gs://bucket/prefix/``).
-        local_root: the folder that holds the bucket folder (``LOCAL_BUCKET_ROOT``),
-            or None for ``gs://``.
-        prefix: object names start with this (``gs://`` only).
-    """
-
-    name: str
-    list_uri: str
-    local_root: str | None
-    prefix: str = ""
-
-    def object_name(self, info_uri: str) -> str:
-        """The object name (relative to the bucket) of a listed URI."""
-        if self.local_root is None:
-            return storage.split_gcs(info_uri)[1]
-        return os.path.relpath(info_uri, self.list_uri).replace(os.sep, "/")
 
 
 @dataclass(frozen=True)
@@ -97,21 +72,6 @@ class WatchConfig:
             raise ValueError(f"--port must be 0..65535, got {self.port}")
 
 
-def watched_bucket(bucket_arg: str) -> WatchedBucket:
-    """Interpret ``--bucket``: a local folder (created if missing) or ``gs://bucket[/prefix]``.
-
-    Raises:
-        ValueError: for a ``gs://`` URI without a valid bucket name.
-    """
-    if storage.is_gcs(bucket_arg):
-        name, prefix = storage.split_gcs(bucket_arg)
-        prefix = prefix.strip("/") + "/" if prefix.strip("/") else ""
-        return WatchedBucket(name, f"gs://{name}/{prefix}", None, prefix)
-    folder = os.path.abspath(str(storage.local_path(bucket_arg)))
-    Path(folder).mkdir(parents=True, exist_ok=True)
-    return WatchedBucket(os.path.basename(folder), folder, os.path.dirname(folder))
-
-
 def finalized_event(bucket: str, name: str, info: storage.ObjectInfo):  # type: ignore[no-untyped-def]
     """A CloudEvent shaped like Cloud Storage's ``object.v1.finalized`` for one object.
 
@@ -122,32 +82,15 @@ def finalized_event(bucket: str, name: str, info: storage.ObjectInfo):  # type: 
 
     generation = str(info.generation or 0)
     event_id = "local-" + hashlib.sha256(f"{bucket}/{name}#{generation}".encode()).hexdigest()[:20]
-    updated = info.updated.isoformat().replace("+00:00", "Z") if info.updated else None
+    data = object_resource(bucket, name, info)
     attributes = {
         "type": FINALIZED_EVENT_TYPE,
         "source": f"//storage.googleapis.com/projects/_/buckets/{bucket}",
         "subject": f"objects/{name}",
         "id": event_id,
-        "time": updated,
-    }
-    data = {
-        "kind": "storage#object",
-        "bucket": bucket,
-        "name": name,
-        "generation": generation,
-        "metageneration": "1",
-        "size": str(info.size),
-        "contentType": info.content_type or "application/octet-stream",
-        "timeCreated": updated,
-        "updated": updated,
+        "time": data["updated"],
     }
     return CloudEvent({k: v for k, v in attributes.items() if v is not None}, data)
-
-
-def wants_event(name: str) -> bool:
-    """Cheap filter: images only, never the function's own outputs (it checks too)."""
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and not is_own_output(name) and has_image_suffix(name)
 
 
 def function_environment(config: WatchConfig, env: dict[str, str]) -> dict[str, str]:
@@ -238,34 +181,23 @@ def result_paths(uri: str) -> list[str]:
 
 
 class Watcher:
-    """Polls a bucket and delivers one event per new object generation."""
+    """Polls a bucket and delivers one event per new object generation to ``url``."""
 
     def __init__(self, bucket: WatchedBucket, url: str, *, settle: bool) -> None:
-        self.bucket = bucket
         self.url = url
-        self.settle = settle
-        self.delivered: dict[str, int | None] = {}
-        self._last_seen: dict[str, tuple[int | None, int]] = {}
-        self.failures = 0
+        self._scanner = BucketScanner(bucket, self._deliver, settle=settle)
+
+    def _deliver(self, name: str, info: storage.ObjectInfo) -> bool:
+        return deliver(self.url, finalized_event(self._scanner.bucket.name, name, info))
+
+    @property
+    def failures(self) -> int:
+        """How many deliveries failed (each is retried on a later poll)."""
+        return self._scanner.failures
 
     def poll(self) -> list[str]:
         """List the bucket once and deliver events for new generations; return their URIs."""
-        done = []
-        for info in storage.list_objects(self.bucket.list_uri):
-            name = self.bucket.object_name(info.uri)
-            if not wants_event(name) or self.delivered.get(name) == info.generation:
-                continue
-            seen = (info.generation, info.size)
-            if self.settle and self._last_seen.get(name) != seen:
-                # A local copy may still be in progress: wait until one poll sees no change.
-                self._last_seen[name] = seen
-                continue
-            if deliver(self.url, finalized_event(self.bucket.name, name, info)):
-                self.delivered[name] = info.generation
-                done.append(info.uri)
-            else:
-                self.failures += 1
-        return done
+        return self._scanner.poll()
 
 
 def _report(uris: Sequence[str]) -> None:

@@ -1,0 +1,326 @@
+"""The streaming job: notifications, dedupe, windows, model refresh, the local emulator.
+
+Unit tests need nothing running. The stream tests start Google's Pub/Sub
+emulator through the command's own code (they skip, saying how to install it,
+when it is absent) and run ``beam_jobs.stream.run`` on the BundleBasedDirectRunner
+against a watched folder, while a scenario thread drops files, publishes raw
+messages and swaps the model mid-stream.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from support import wait_for
+
+from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
+from beam_jobs.config import ConfigError
+from histo_common import storage
+from histo_common.bucket_events import watched_bucket
+
+# ------------------------------------------------------------------ unit tests
+
+
+def _message(attributes: dict[str, str], data: bytes = b"") -> SimpleNamespace:
+    return SimpleNamespace(data=data, attributes=attributes, message_id="m1")
+
+
+def test_notification_round_trip_names_the_object_generation(tmp_path: Path, small_set: Path):
+    image = tmp_path / "uploads" / "case" / "a.png"
+    image.parent.mkdir(parents=True)
+    png = next(small_set.rglob("*.png")).read_bytes()
+    image.write_bytes(png)
+    info = storage.list_objects(str(image))[0]
+
+    data, attributes = notifications.notification_message("uploads", "case/a.png", info)
+    note = notifications.parse_notification(data, attributes)
+
+    assert attributes["eventType"] == "OBJECT_FINALIZE"
+    assert attributes["payloadFormat"] == "JSON_API_V1"
+    assert json.loads(data)["name"] == "case/a.png"
+    assert (note.bucket, note.name, note.size) == ("uploads", "case/a.png", len(png))
+    assert note.key == f"uploads/case/a.png#{info.generation}"
+
+
+@pytest.mark.parametrize(
+    "attributes",
+    [{}, {"bucketId": "b", "eventType": "OBJECT_FINALIZE"}, {"objectId": "a.png"}],
+)
+def test_a_message_that_is_no_notification_is_refused(attributes: dict[str, str]):
+    with pytest.raises(notifications.NotificationError, match="not a Cloud Storage notification"):
+        notifications.parse_notification(b"", attributes)
+
+
+def test_a_bad_generation_is_refused_by_name():
+    attributes = {
+        "bucketId": "b",
+        "objectId": "a.png",
+        "eventType": "OBJECT_FINALIZE",
+        "objectGeneration": "x1",
+    }
+    with pytest.raises(notifications.NotificationError, match=r"x1.*b/a.png"):
+        notifications.parse_notification(b"", attributes)
+
+
+@pytest.mark.parametrize(
+    ("name", "event", "ignored"),
+    [
+        ("a.png", "OBJECT_FINALIZE", False),
+        ("a.png", "OBJECT_DELETE", True),
+        ("notes.txt", "OBJECT_FINALIZE", True),
+        ("a.png.gradcam.png", "OBJECT_FINALIZE", True),
+        ("out/results/x.png", "OBJECT_FINALIZE", True),
+    ],
+)
+def test_ignore_reason(name: str, event: str, ignored: bool):
+    note = notifications.Notification("bkt", name, 1, event)
+    uri = f"/root/bkt/{name}"
+    assert (stream.ignore_reason(note, uri, "/root/bkt/out") is not None) is ignored
+
+
+def test_window_file_names_carry_the_window_and_never_repeat():
+    from apache_beam.transforms.window import IntervalWindow
+    from apache_beam.utils.windowed_value import PaneInfo, PaneInfoTiming
+
+    window = IntervalWindow(1_700_000_000, 1_700_000_010)
+    pane = PaneInfo(True, True, PaneInfoTiming.ON_TIME, 0, 0)
+    first = stream.window_file_name(window, pane, 0, 1, None, None)
+    second = stream.window_file_name(window, pane, 0, 1, None, None)
+    assert first.startswith("part-20231114T221320Z-20231114T221330Z-pane0-")
+    assert first != second
+
+
+def test_config_needs_one_source_and_positive_numbers(tiny_model):
+    with pytest.raises(ConfigError, match="--subscription"):
+        stream.StreamConfig(output="out", model=tiny_model.root_uri)
+    with pytest.raises(ConfigError, match="--window-seconds"):
+        stream.StreamConfig(output="out", model=tiny_model.root_uri, watch="w", window_s=0)
+    with pytest.raises(ConfigError, match="projects/P/subscriptions/S"):
+        stream.StreamConfig(output="out", model=tiny_model.root_uri, subscription="s")
+    assert stream.StreamConfig(output="o", model=tiny_model.root_uri, watch="w").refresh
+    assert not stream.StreamConfig(output="o", model=tiny_model.version_uri, watch="w").refresh
+
+
+def test_missing_emulator_says_how_to_install_it(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv(pubsub_emulator.EMULATOR_ENV, str(tmp_path / "nothing"))
+    with pytest.raises(pubsub_emulator.EmulatorNotFound, match="apt-get install"):
+        pubsub_emulator.find_emulator()
+
+
+# -------------------------------------------------------------- with the emulator
+
+
+@pytest.fixture(scope="module")
+def emulator_bin() -> str:
+    """The emulator's script, or a skip that says how to install it."""
+    try:
+        return pubsub_emulator.find_emulator()
+    except pubsub_emulator.EmulatorNotFound as exc:
+        pytest.skip(str(exc))
+
+
+def _rows(output: Path, kind: str) -> list[dict]:
+    return [
+        json.loads(line)
+        for path in sorted((output / kind).glob("part-*.jsonl"))
+        for line in path.read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def _new_version(root: Path, source: Path, version: int) -> None:
+    """Publish a copy of ``source`` as ``version``, metadata.json written last."""
+    target = root / str(version)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
+    metadata = json.loads((source / "metadata.json").read_text())
+    metadata["version"] = version
+    (target / "metadata.json").write_text(json.dumps(metadata))
+
+
+def _run_stream(
+    argv: list[str], scenario: Callable[[stream.LocalSetup], None]
+) -> list[BaseException]:
+    """Run the stream in this thread; ``scenario`` runs in another once it is ready."""
+    failures: list[BaseException] = []
+
+    def _scenario(setup: stream.LocalSetup) -> None:
+        try:
+            scenario(setup)
+        except BaseException as exc:  # reported by the test
+            failures.append(exc)
+
+    stream.run(argv, on_ready=lambda s: threading.Thread(target=_scenario, args=(s,)).start())
+    return failures
+
+
+def _publish_raw(setup: stream.LocalSetup, data: bytes, attributes: dict[str, str]) -> None:
+    assert setup.notifier.publisher.publish(data, attributes)
+
+
+@pytest.mark.slow
+def test_stream_scores_a_burst_once_each_and_follows_a_new_model_version(
+    tmp_path: Path, emulator_bin: str, tiny_model, small_set: Path, bad_corpus
+):
+    uploads = tmp_path / "buckets" / "uploads"
+    uploads.mkdir(parents=True)
+    output = uploads / "stream-out"  # inside the watched bucket: its files must be ignored
+    models = tmp_path / "models" / "histo-cnn"
+    shutil.copytree(tiny_model.version_uri, models / "1")
+    images = sorted(small_set.rglob("*.png"))
+    bad = ["empty.png", "notes.png", "truncated.png"]
+
+    def scenario(setup: stream.LocalSetup) -> None:
+        for path in images[:12]:  # a burst
+            shutil.copy(path, uploads / path.name)
+        for name in bad:
+            shutil.copy(bad_corpus.root / name, uploads / name)
+        assert wait_for(lambda: setup.notifier.published >= 15, timeout=30)
+        # Pub/Sub is at least once: the same generation announced again, twice.
+        bucket = watched_bucket(str(uploads))
+        for path in images[:3]:
+            info = storage.list_objects(str(uploads / path.name))[0]
+            for _ in range(2):
+                _publish_raw(setup, *notifications.notification_message("uploads", path.name, info))
+        # What is not ours: another event type, a by-product, the job's own output, junk.
+        info = storage.list_objects(str(uploads / images[0].name))[0]
+        data, attributes = notifications.notification_message("uploads", images[0].name, info)
+        _publish_raw(setup, data, {**attributes, "eventType": "OBJECT_DELETE"})
+        _publish_raw(setup, data, {**attributes, "objectId": images[0].name + ".gradcam.png"})
+        _publish_raw(setup, data, {**attributes, "objectId": "stream-out/results/x.png"})
+        _publish_raw(setup, b"not a notification", {"origin": "somebody else"})
+        assert bucket.name == "uploads"
+        assert wait_for(lambda: len(_rows(output, "results")) >= 12, timeout=60)
+        _new_version(models, models / "1", 2)
+        time.sleep(1.5)  # longer than --model-poll-seconds
+        for path in images[12:16]:
+            shutil.copy(path, uploads / path.name)
+
+    failures = _run_stream(
+        [
+            "--watch",
+            str(uploads),
+            "--model",
+            str(models),
+            "--output",
+            str(output),
+            "--max-idle-seconds",
+            "5",
+            "--window-seconds",
+            "2",
+            "--model-poll-seconds",
+            "1",
+            "--max-batch-seconds",
+            "0.5",
+        ],
+        scenario,
+    )
+    assert not failures, failures
+
+    results, errors = _rows(output, "results"), _rows(output, "errors")
+    scored = [r["uri"] for r in results]
+    assert sorted(scored) == sorted(str(uploads / p.name) for p in images[:16])  # once each
+    version = {Path(r["uri"]).name: r["model_version"] for r in results}
+    assert {version[p.name] for p in images[:12]} == {1}
+    assert {version[p.name] for p in images[12:16]} == {2}  # picked up without a restart
+    assert len(errors) == len(bad) + 1
+    by_uri = {e["uri"]: e for e in errors}
+    assert all(by_uri[str(uploads / n)]["stage"] in {"read", "check"} for n in bad)
+    (junk,) = [e for e in errors if e["uri"].startswith("pubsub:")]
+    assert junk["stage"] == "notification" and "not a Cloud Storage notification" in junk["reason"]
+    files_ = sorted(p.name for p in (output / "results").glob("part-*.jsonl"))
+    assert files_ and all(name.startswith("part-2") and "-pane" in name for name in files_)
+
+
+@pytest.mark.slow
+def test_stream_loses_no_rows_when_the_emulator_restarts(
+    tmp_path: Path, emulator_bin: str, tiny_model, small_set: Path
+):
+    uploads = tmp_path / "uploads"
+    uploads.mkdir()
+    output = tmp_path / "out"
+    images = sorted(small_set.rglob("*.png"))[:8]
+
+    def scenario(setup: stream.LocalSetup) -> None:
+        for path in images[:4]:
+            shutil.copy(path, uploads / path.name)
+        assert wait_for(lambda: len(_rows(output, "results")) >= 4, timeout=60)
+        setup.emulator.stop()
+        for path in images[4:]:  # announced while the emulator is away: retried
+            shutil.copy(path, uploads / path.name)
+        time.sleep(2)
+        setup.emulator.start()
+        setup.ensure()  # a restarted emulator has no topics: the launcher re-creates them
+
+    failures = _run_stream(
+        [
+            "--watch",
+            str(uploads),
+            "--model",
+            tiny_model.version_uri,
+            "--output",
+            str(output),
+            "--max-idle-seconds",
+            "5",
+            "--window-seconds",
+            "2",
+        ],
+        scenario,
+    )
+    assert not failures, failures
+    assert sorted(r["uri"] for r in _rows(output, "results")) == sorted(
+        str(uploads / p.name) for p in images
+    )
+    assert _rows(output, "errors") == []
+
+
+# ------------------------------------------------------------- dataflow-check
+
+
+def _job(**changes) -> dataflow_check.JobCheck:
+    job = dataflow_check.JobCheck(
+        name="stream",
+        runner="DataflowRunner",
+        streaming=True,
+        steps=[f"{step}/Inner" for step in dataflow_check.STREAM_STEPS],
+        staged=list(dataflow_check.STAGED),
+    )
+    for key, value in changes.items():
+        setattr(job, key, value)
+    return job
+
+
+def test_dataflow_check_passes_a_complete_streaming_job():
+    job = dataflow_check.check(_job(), streaming=True, steps=dataflow_check.STREAM_STEPS)
+    assert job.problems == []
+
+
+@pytest.mark.parametrize(
+    ("changes", "problem"),
+    [
+        ({"runner": "DirectRunner"}, "not DataflowRunner"),
+        ({"streaming": False}, "streaming is False"),
+        (
+            {"steps": [f"{s}/Inner" for s in dataflow_check.STREAM_STEPS if s != "RunInference"]},
+            "no RunInference step",
+        ),
+        ({"staged": ["requirements.txt"]}, "--setup_file"),
+        ({"staged": ["workflow.tar.gz"]}, "--requirements_file"),
+    ],
+)
+def test_dataflow_check_names_what_is_wrong(changes: dict, problem: str):
+    job = dataflow_check.check(_job(**changes), streaming=True, steps=dataflow_check.STREAM_STEPS)
+    assert any(problem in p for p in job.problems), job.problems
+
+
+def test_command_without_emulator_says_how_to_install_it(monkeypatch, tmp_path, tiny_model, capsys):
+    monkeypatch.setenv(pubsub_emulator.EMULATOR_ENV, str(tmp_path / "nothing"))
+    argv = ["--watch", str(tmp_path / "w"), "--model", tiny_model.root_uri, "--output", "o"]
+    assert stream.main(argv) == 2
+    assert "gcloud components install pubsub-emulator" in capsys.readouterr().err
