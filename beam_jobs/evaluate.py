@@ -165,8 +165,11 @@ def add_scoring_source(
 def _model_for_scores(
     config: EvaluateConfig, scoring: Summary | None
 ) -> tuple[ModelIdentity | None, str | None]:
-    """The model that explains the gallery and the version the gate blesses, for ``--scores``:
-    ``--model``/``--model-endpoint`` when given, else the scoring run's model version."""
+    """Choose the model that explains the gallery and the version the gate blesses.
+
+    For ``--scores``: ``--model``/``--model-endpoint`` when given, else the scoring
+    run's model version.
+    """
     options = config.options
     if options.has_model:
         identity = score.resolve_identity(options.model, options.model_endpoint)

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -30,6 +30,9 @@ from beam_jobs.stages import CheckedImage
 from model_export import contract
 from model_export.identity import ModelIdentity
 from model_export.scoring import score_batch
+
+if TYPE_CHECKING:
+    from model_export.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -101,7 +104,7 @@ class HistoModelHandler(_ContractHandler):
         super().__init__(**kwargs)
         self.model_uri = model_uri
 
-    def load_model(self):  # type: ignore[no-untyped-def]
+    def load_model(self) -> LoadedModel:
         """Load the model with the project's loader (local or ``gs://``)."""
         from model_export.loader import load_model
 
@@ -125,7 +128,7 @@ class ServingModelHandler(_ContractHandler):
         self.endpoint = endpoint
         self.client_factory = client_factory
 
-    def load_model(self):  # type: ignore[no-untyped-def]
+    def load_model(self) -> Any:  # a ServingClient, or what client_factory builds
         """Create the gRPC client (one per worker process, shared by its threads)."""
         logger.info("Scoring through TensorFlow Serving at %s", self.endpoint)
         if self.client_factory is not None:

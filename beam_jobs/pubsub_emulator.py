@@ -197,8 +197,9 @@ class PubSubEmulator:
 
 
 def ensure_topic_and_subscription(project: str, topic: str, subscription: str) -> str:
-    """Create the topic and a pull subscription on it when missing; return the
-    subscription's path (``projects/P/subscriptions/S``).
+    """Create the topic and a pull subscription on it when missing.
+
+    Returns the subscription's path (``projects/P/subscriptions/S``).
 
     Idempotent, so a notifier can call it again after the emulator restarted.
     """

@@ -374,6 +374,7 @@ class WriteWindowedRows(beam.PTransform):
         self.folder = folder
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        """Write each window's rows as one JSON-lines file under ``folder``."""
         return (
             rows
             | "ToJson" >> beam.Map(lambda row: row.to_json())
@@ -396,6 +397,10 @@ def add_streaming(
     """Add the streaming stages to ``pipeline``; return its ``results`` and ``errors``.
 
     Args:
+        pipeline: the streaming pipeline to add to.
+        config: the validated streaming configuration.
+        subscription: the Pub/Sub subscription path to read notifications from.
+        identity: the model resolved at start (rows carry the version that scored them).
         run_id: set for local runs that end when idle: the pipeline then reports
             its progress (see :func:`progress`).
     """

@@ -88,12 +88,15 @@ class ReadImages(beam.PTransform):
     empty, non-image, truncated and too-large images become error rows.
     """
 
-    def __init__(self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES):
+    def __init__(
+        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+    ) -> None:
         super().__init__()
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
 
     def expand(self, matched: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Read and check each matched file; return the ``images`` and ``errors`` outputs."""
         outputs = matched | "ReadAndCheck" >> beam.ParDo(
             _ReadAndCheck(self.max_pixels, self.max_bytes)
         ).with_outputs(ERRORS, main="images")
@@ -134,8 +137,9 @@ class _SplitOutcomes(beam.DoFn):
 
 
 class ScoreImages(beam.PTransform):
-    """Checked images -> ``ResultRow`` (``results``), ``ErrorRow`` (``errors``) and,
-    with an ``explain`` handler, ``(image, outcome)`` pairs with heatmaps (``explained``).
+    """Checked images -> ``ResultRow`` (``results``) and ``ErrorRow`` (``errors``).
+
+    With an ``explain`` handler also ``(image, outcome)`` pairs with heatmaps (``explained``).
 
     Args:
         handler: a :mod:`beam_jobs.model_handler` handler (local SavedModel or TF Serving).
@@ -146,6 +150,7 @@ class ScoreImages(beam.PTransform):
         self.handler = handler
 
     def expand(self, images: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Score the images; return ``results``, ``errors`` and (with ``explain``) ``explained``."""
         keep = self.handler.signature == "explain"
         outputs = (
             images
@@ -159,13 +164,16 @@ class ScoreImages(beam.PTransform):
 class WriteResults(beam.PTransform):
     """Result rows -> ``<output>/results/part-*.jsonl`` (+ ``.csv`` with header, ``.parquet``)."""
 
-    def __init__(self, output: str, formats: tuple[str, ...] = ("jsonl",), num_shards: int = 0):
+    def __init__(
+        self, output: str, formats: tuple[str, ...] = ("jsonl",), num_shards: int = 0
+    ) -> None:
         super().__init__()
         self.prefix = RunLayout(output).results_prefix
         self.formats = formats
         self.num_shards = num_shards
 
     def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, ...]:
+        """Write the rows in each requested format; return the written file names."""
         written = []
         if "jsonl" in self.formats:
             written.append(
@@ -206,12 +214,13 @@ class WriteResults(beam.PTransform):
 class WriteErrors(beam.PTransform):
     """Error rows -> ``<output>/errors/part-*.jsonl`` (each with ``uri`` and ``reason``)."""
 
-    def __init__(self, output: str, num_shards: int = 0):
+    def __init__(self, output: str, num_shards: int = 0) -> None:
         super().__init__()
         self.prefix = RunLayout(output).errors_prefix
         self.num_shards = num_shards
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        """Write the error rows as JSON lines; return the written file names."""
         return (
             rows
             | "ErrorsToJson" >> beam.Map(ErrorRow.to_json)
@@ -250,6 +259,7 @@ class ExplainTop(beam.PTransform):
         self.max_bytes = max_bytes
 
     def expand(self, rows: beam.PCollection) -> beam.PCollection:
+        """Reread and explain the ``top_n`` most suspicious rows; keep those with a heatmap."""
         return (
             rows
             | "MostSuspicious" >> beam.combiners.Top.Of(self.top_n, key=_probability)
@@ -314,6 +324,7 @@ class WriteOverlays(beam.PTransform):
         self.positive_class = positive_class
 
     def expand(self, pairs: beam.PCollection) -> beam.PCollection:
+        """Render each pair's overlay and write it under the output folder."""
         return pairs | "RenderAndWrite" >> beam.ParDo(
             _WriteOverlay(self.output, self.base, self.positive_class)
         )
@@ -398,6 +409,7 @@ class ExplainErrors(beam.PTransform):
         self.max_bytes = max_bytes
 
     def expand(self, scores: beam.PCollection) -> beam.PCollection:
+        """Reread (and explain) the ``top_n`` most confident errors as gallery items."""
         images = (
             scores
             | "Misclassified" >> beam.Filter(lambda s: s.wrong)

@@ -116,8 +116,10 @@ def brier_score(y: np.ndarray, p: np.ndarray) -> float:
 
 
 def _bin_index(p: np.ndarray, n_bins: int) -> tuple[np.ndarray, np.ndarray]:
-    """Equal-width bins over [0, 1], right edges inclusive (as scikit-learn's
-    ``calibration_curve``): returns the edges and each probability's bin."""
+    """Equal-width bins over [0, 1]: return the edges and each probability's bin.
+
+    Right edges are inclusive, as in scikit-learn's ``calibration_curve``.
+    """
     edges = np.linspace(0.0, 1.0, n_bins + 1)
     return edges, np.searchsorted(edges[1:-1], p, side="left")
 

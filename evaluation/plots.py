@@ -1,5 +1,7 @@
-"""The evaluation plots as PNG bytes: confusion matrix, ROC, precision-recall,
-calibration curve and prediction histogram by class.
+"""The evaluation plots as PNG bytes.
+
+Confusion matrix, ROC, precision-recall, calibration curve and prediction
+histogram by class.
 
 Pure functions of labels and probabilities (matplotlib's Agg backend, no
 display); :mod:`evaluation.outputs` writes them where the run layout says
@@ -10,13 +12,19 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 _FOOTNOTE = "Research use only"
 
 
-def _figure():  # type: ignore[no-untyped-def]
+def _figure() -> tuple[Figure, Axes]:
+    """A figure (Agg backend, no display) and its one set of axes."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -26,7 +34,8 @@ def _figure():  # type: ignore[no-untyped-def]
     return fig, fig.add_subplot(1, 1, 1)
 
 
-def _png(fig) -> bytes:  # type: ignore[no-untyped-def]
+def _png(fig: Figure) -> bytes:
+    """Footnote the figure and render it as PNG bytes."""
     fig.text(0.99, 0.01, _FOOTNOTE, ha="right", va="bottom", fontsize=7, color="grey")
     fig.tight_layout()
     out = io.BytesIO()

@@ -39,6 +39,7 @@ class JsonFormatter(logging.Formatter):
     """Format a record as one JSON line with ``severity``, ``message`` and context fields."""
 
     def format(self, record: logging.LogRecord) -> str:
+        """Return ``record`` as one JSON line."""
         entry: dict[str, Any] = {
             "severity": record.levelname,
             "message": record.getMessage(),

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from functions.screening import FINALIZED_EVENT_TYPE, error_uri, gradcam_uri, prediction_uri
 from histo_common import storage
@@ -41,6 +42,9 @@ from histo_common.bucket_events import (
     object_resource,
     watched_bucket,
 )
+
+if TYPE_CHECKING:
+    from cloudevents.http import CloudEvent
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +76,7 @@ class WatchConfig:
             raise ValueError(f"--port must be 0..65535, got {self.port}")
 
 
-def finalized_event(bucket: str, name: str, info: storage.ObjectInfo):  # type: ignore[no-untyped-def]
+def finalized_event(bucket: str, name: str, info: storage.ObjectInfo) -> CloudEvent:
     """A CloudEvent shaped like Cloud Storage's ``object.v1.finalized`` for one object.
 
     The id is derived from the object generation, so redelivering the same
@@ -155,7 +159,7 @@ def wait_until_ready(url: str, server: subprocess.Popen[bytes], timeout_s: float
     raise RuntimeError(f"the function server at {url} did not answer within {timeout_s:.0f} s")
 
 
-def deliver(url: str, event) -> bool:  # type: ignore[no-untyped-def]
+def deliver(url: str, event: CloudEvent) -> bool:
     """POST one CloudEvent in binary mode; True when the function accepted it (2xx)."""
     import requests
     from cloudevents.conversion import to_binary

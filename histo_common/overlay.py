@@ -52,8 +52,10 @@ def blend(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.n
 
 
 def upscale_for_display(image: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarray:
-    """Scale a small image up, nearest neighbour, by the smallest whole factor that
-    makes its shorter side at least ``min_side``; larger images are returned as they are.
+    """Scale a small image up, nearest neighbour, to a shorter side of at least ``min_side``.
+
+    The factor is the smallest whole one that reaches ``min_side``; larger images are
+    returned as they are.
 
     The factor is rounded up (ceil), not down: with floor a 100 px patch would be
     shown at 200 px, under the size meant to be readable, and a 200 px one not

@@ -260,8 +260,9 @@ def synth_slide_image(
     lesion: bool = True,
     patch: int = DEFAULT_SIZE,
 ) -> tuple[np.ndarray, tuple[PatchPlacement, ...]]:
-    """Draw a synthetic slide: tissue islands of benign patches on glass, and a
-    planted malignant region inside the first island.
+    """Draw a synthetic slide: benign tissue islands with a planted malignant region.
+
+    The malignant region lies inside the first island; the rest is glass.
 
     The tissue is laid out on a grid of ``patch``-pixel cells, each a
     :func:`synth_patch`; a cell belongs to an island when its centre lies inside

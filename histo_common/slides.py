@@ -93,8 +93,10 @@ class SlideGeometry:
         return self.level_count > 1
 
     def best_level_for_downsample(self, downsample: float) -> int:
-        """The highest-resolution level not finer than needed: the largest level
-        downsample <= ``downsample`` (level 0 when none is), as OpenSlide chooses."""
+        """The highest-resolution level not finer than needed, as OpenSlide chooses.
+
+        That is the largest level downsample <= ``downsample`` (level 0 when none is).
+        """
         best = 0
         for level, d in enumerate(self.level_downsamples):
             if d <= downsample * (1 + 1e-6):
@@ -188,6 +190,7 @@ class OpenSlideSlide(Slide):
         )
 
     def read_region(self, x0: int, y0: int, level: int, width: int, height: int) -> np.ndarray:
+        """Read a region through OpenSlide, composited onto white glass."""
         import openslide
 
         try:
@@ -202,6 +205,7 @@ class OpenSlideSlide(Slide):
         return _flatten_rgba(np.asarray(rgba))
 
     def close(self) -> None:
+        """Close the OpenSlide handle."""
         self._slide.close()
 
 
@@ -253,6 +257,7 @@ class PillowSlide(Slide):
             return self._pixels
 
     def read_region(self, x0: int, y0: int, level: int, width: int, height: int) -> np.ndarray:
+        """Crop level 0 of the decoded image (only level 0 exists)."""
         if level != 0:
             raise SlideError(f"{self.geometry.uri}: has only level 0, asked for level {level}")
         return _crop_padded(self._decoded(), int(x0), int(y0), int(width), int(height))
@@ -471,8 +476,10 @@ def _mpp(props: Any) -> float | None:
 
 
 def _flatten_rgba(rgba: np.ndarray) -> np.ndarray:
-    """Composite RGBA onto white glass (OpenSlide's premultiplied or Pillow's straight
-    alpha: both give white where alpha is 0)."""
+    """Composite RGBA onto white glass.
+
+    OpenSlide's premultiplied and Pillow's straight alpha both give white where alpha is 0.
+    """
     if rgba.ndim == 3 and rgba.shape[2] == 4:
         alpha = rgba[..., 3:4].astype(np.float32) / 255.0
         if alpha.min() >= 1.0:

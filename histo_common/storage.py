@@ -17,10 +17,14 @@ import functools
 import os
 import re
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+if TYPE_CHECKING:
+    from google.cloud import storage as gcs
 
 GCS_SCHEME = "gs://"
 # How long one GCS call keeps retrying transient failures before giving up with
@@ -189,7 +193,7 @@ def has_wildcard(uri: str) -> bool:
 
 
 @functools.cache
-def _gcs_client():  # type: ignore[no-untyped-def]
+def _gcs_client() -> gcs.Client:
     """Create the storage client once per process (lazily: importing is cheap)."""
     from google.cloud import storage
 
@@ -223,7 +227,10 @@ def _translate_gcs_error(uri: str, exc: Exception) -> StorageError:
     return StorageUnavailable(f"storage unavailable while accessing {uri}: {exc}")
 
 
-def _gcs_call(uri: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
+_T = TypeVar("_T")
+
+
+def _gcs_call(uri: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
     """Call a google-cloud-storage method with a bounded retry, mapping its errors."""
     from google.api_core import exceptions as gexc
     from google.cloud.storage.retry import DEFAULT_RETRY
@@ -238,7 +245,8 @@ def _gcs_call(uri: str, fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         raise _translate_gcs_error(uri, exc) from exc
 
 
-def _blob_info(bucket: str, blob) -> ObjectInfo:  # type: ignore[no-untyped-def]
+def _blob_info(bucket: str, blob: gcs.Blob) -> ObjectInfo:
+    """The listing entry for one blob of ``bucket``."""
     return ObjectInfo(
         uri=f"{GCS_SCHEME}{bucket}/{blob.name}",
         size=int(blob.size or 0),
@@ -416,9 +424,22 @@ def write_bytes(
         raise
 
 
-def write_text(uri: str, text: str, **kwargs) -> None:  # type: ignore[no-untyped-def]
+def write_text(
+    uri: str,
+    text: str,
+    *,
+    content_type: str | None = None,
+    metadata: dict[str, str] | None = None,
+    if_generation_match: int | None = None,
+) -> None:
     """Write text as UTF-8 (see :func:`write_bytes`)."""
-    write_bytes(uri, text.encode("utf-8"), **kwargs)
+    write_bytes(
+        uri,
+        text.encode("utf-8"),
+        content_type=content_type,
+        metadata=metadata,
+        if_generation_match=if_generation_match,
+    )
 
 
 def exists(uri: str) -> bool:

@@ -127,8 +127,10 @@ class ModelMetadata:
             raise ContractError(f"mpp must be in (0, 100] microns per pixel, got {self.mpp}")
 
     def training_scale(self) -> TrainingScale | None:
-        """The scale the tiling rule needs, or None for a model that records none
-        (callers then score whole images and warn on large ones)."""
+        """The scale the tiling rule needs, or None for a model that records none.
+
+        Callers then score whole images and warn on large ones.
+        """
         if self.native_size is None:
             return None
         try:

@@ -10,6 +10,8 @@ cross-fitted fold models.
 
 from __future__ import annotations
 
+from typing import Any
+
 import keras
 from keras import layers
 
@@ -18,16 +20,16 @@ from keras import layers
 class ChannelSlice(layers.Layer):
     """Channels ``[start, stop)`` of the last axis (one member's share of the features)."""
 
-    def __init__(self, start: int, stop: int, **kwargs) -> None:  # type: ignore[no-untyped-def]
+    def __init__(self, start: int, stop: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.start = int(start)
         self.stop = int(stop)
 
-    def call(self, inputs):  # type: ignore[no-untyped-def]
+    def call(self, inputs: Any) -> Any:  # a symbolic or eager tensor
         """Slice the last axis."""
         return inputs[..., self.start : self.stop]
 
-    def compute_output_shape(self, input_shape):  # type: ignore[no-untyped-def]
+    def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         """Same shape with ``stop - start`` channels."""
         return (*input_shape[:-1], self.stop - self.start)
 

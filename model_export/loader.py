@@ -17,6 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from model_export.identity import (
     resolve_version,
 )
 from model_export.scoring import predictions_from_outputs
+
+if TYPE_CHECKING:
+    import keras
 
 __all__ = [
     "Explanation",
@@ -144,8 +148,11 @@ class LoadedModel:
         return len(self._pixel_fns) == 2
 
     def run_pixels(self, signature: str, pixels: np.ndarray) -> dict[str, np.ndarray]:
-        """Call ``signature`` (``serving_default`` or ``explain``) on decoded uint8 pixels
-        ``[B, H, W, 3]``: through its pixel twin, or PNG-encoded for an older model."""
+        """Call ``signature`` (``serving_default`` or ``explain``) on uint8 pixels.
+
+        The pixels are ``[B, H, W, 3]``; they go through the signature's pixel twin,
+        or PNG-encoded for an older model.
+        """
         if signature in self._pixel_fns:
             import tensorflow as tf
 
@@ -172,7 +179,7 @@ class LoadedModel:
             for p, h in zip(predictions_from_outputs(out), out["heatmap"], strict=True)
         ]
 
-    def keras_model(self):  # type: ignore[no-untyped-def]
+    def keras_model(self) -> keras.Model:
         """Load the Keras model saved beside the SavedModel (architecture, summary)."""
         import keras
 

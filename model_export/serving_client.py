@@ -11,10 +11,14 @@ which version it serves, so rows name the version that scored them.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model_export import contract
+
+if TYPE_CHECKING:
+    from tensorflow.core.framework.tensor_pb2 import TensorProto
 
 DEFAULT_TIMEOUT_S = 30.0
 
@@ -36,7 +40,8 @@ class ServingError(RuntimeError):
         return self.status == "INVALID_ARGUMENT"
 
 
-def _string_tensor(values: Sequence[bytes]):  # type: ignore[no-untyped-def]
+def _string_tensor(values: Sequence[bytes]) -> TensorProto:
+    """A 1-D DT_STRING TensorProto holding ``values``."""
     from tensorflow.core.framework import tensor_pb2, tensor_shape_pb2, types_pb2
 
     return tensor_pb2.TensorProto(
@@ -48,14 +53,14 @@ def _string_tensor(values: Sequence[bytes]):  # type: ignore[no-untyped-def]
     )
 
 
-def to_ndarray(proto) -> np.ndarray:  # type: ignore[no-untyped-def]
+def to_ndarray(proto: TensorProto) -> np.ndarray:
     """Convert a TensorProto (from a PredictResponse) to numpy."""
     import tensorflow as tf
 
     return tf.make_ndarray(proto)
 
 
-def from_ndarray(array: np.ndarray):  # type: ignore[no-untyped-def]
+def from_ndarray(array: np.ndarray) -> TensorProto:
     """Convert numpy to a TensorProto (for servers and tests)."""
     import tensorflow as tf
 

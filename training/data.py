@@ -12,6 +12,7 @@ import logging
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from histo_common.labels import LabelledImage, LabelsError, discover_labelled_im
 from model_export.contract import DEFAULT_CLASS_NAMES
 from training.config import Augmentation, TrainConfig, replace
 from training.models import MOBILENET_V2
+
+if TYPE_CHECKING:
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -319,7 +323,8 @@ def class_weights(labels: np.ndarray, n_classes: int) -> dict[int, float]:
 # ----------------------------------------------------------------- tf.data
 
 
-def _stain_matrix():  # type: ignore[no-untyped-def]
+def _stain_matrix() -> tuple[tf.Tensor, tf.Tensor]:
+    """RGB-from-HED and HED-from-RGB stain matrices as constants."""
     import tensorflow as tf
 
     # Haematoxylin, eosin, DAB optical densities (Ruifrok & Johnston 2001), rows normalised.
@@ -331,7 +336,7 @@ def _stain_matrix():  # type: ignore[no-untyped-def]
     return tf.constant(rgb_from_hed), tf.constant(hed_from_rgb)
 
 
-def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyped-def]
+def augment(image: tf.Tensor, aug: Augmentation, image_size: int) -> tf.Tensor:
     """Random H&E-aware augmentation of one ``[C, C, 3]`` float image in [0, 255].
 
     Returns ``[S, S, 3]`` with ``S = image_size``: a random square crop of ``C``
@@ -375,8 +380,10 @@ def augment(image, aug: Augmentation, image_size: int):  # type: ignore[no-untyp
 
 
 def crop_cache_size(image_size: int, augmentation: Augmentation) -> int:
-    """Side at which training images are cached: the smallest random crop is then
-    ``image_size`` itself, so crops are never upsampled."""
+    """Side at which training images are cached.
+
+    The smallest random crop is then ``image_size`` itself, so crops are never upsampled.
+    """
     zoom = PATCH_ZOOM if augmentation.zoom is None else augmentation.zoom
     return int(np.ceil(image_size / (1.0 - zoom))) if zoom > 0 else image_size
 
@@ -390,7 +397,7 @@ def make_dataset(
     training: bool,
     augmentation: Augmentation | None = None,
     seed: int = 0,
-):  # type: ignore[no-untyped-def]
+) -> tf.data.Dataset:
     """Build the tf.data pipeline for a subset of examples.
 
     Decoding uses the SavedModel's own decoder (``model_export.preprocessing``), in

@@ -20,7 +20,15 @@ MOBILENET_V2 = "mobilenet_v2"
 ARCHITECTURES = (CUSTOM_CNN, MOBILENET_V2)
 
 
-def _conv_block(x, filters: int, convs: int, l2: float, dropout: float, pool: bool, name: str):  # type: ignore[no-untyped-def]
+def _conv_block(
+    x: keras.KerasTensor,
+    filters: int,
+    convs: int,
+    l2: float,
+    dropout: float,
+    pool: bool,
+    name: str,
+) -> keras.KerasTensor:
     """3x3 convolutions with batch norm and ReLU; then pooling and dropout if asked."""
     for i in range(1, convs + 1):
         x = layers.Conv2D(
@@ -49,8 +57,10 @@ def build_custom_cnn(
     dropout: float = 0.5,
     l2: float = 1e-4,
 ) -> keras.Model:
-    """The original app's CNN grown a little: conv blocks of 32, 64, 128 filters with
-    batch norm, pooling and dropout, then global average pooling and a dense head.
+    """Build the original app's CNN, grown a little.
+
+    Conv blocks of 32, 64, 128 filters with batch norm, pooling and dropout, then
+    global average pooling and a dense head.
 
     Compared with the original (one convolution per block, Flatten, dense 256 -> 128)
     the later blocks have two convolutions (more depth where the maps are small and
@@ -101,8 +111,13 @@ def build_mobilenet_v2(
     """MobileNetV2 (a nested model, frozen at first) with GAP -> Dense -> Dropout -> logits.
 
     Args:
+        image_size: side of the square RGB input.
+        n_outputs: number of logits (1 for a sigmoid binary model).
         weights: ``"imagenet"``, a path to Keras's no-top ``.h5`` weights, or None.
         alpha: width multiplier; must match the weights file.
+        dropout: dropout rate after the dense layer.
+        l2: L2 weight on the dense layer's kernel (0 for none).
+        dense_units: width of the dense layer.
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     base = keras.applications.MobileNetV2(
@@ -130,7 +145,14 @@ def build_mobilenet_v2(
     return _assemble(inputs, backbone, head, n_outputs, MOBILENET_V2)
 
 
-def _assemble(inputs, backbone, head, n_outputs: int, name: str) -> keras.Model:  # type: ignore[no-untyped-def]
+def _assemble(
+    inputs: keras.KerasTensor,
+    backbone: keras.Model,
+    head: keras.Model,
+    n_outputs: int,
+    name: str,
+) -> keras.Model:
+    """Chain ``backbone`` and ``head`` and end in sigmoid (one output) or softmax."""
     activation = "sigmoid" if n_outputs == 1 else "softmax"
     outputs = layers.Activation(activation, name="probabilities", dtype="float32")(
         head(backbone(inputs))

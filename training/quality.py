@@ -40,6 +40,7 @@ def fold_thresholds(
         scores: the positive class's probabilities.
         folds: the fold that held out each prediction.
         method: ``youden`` or ``fixed`` (fixed gives no spread to report: an empty list).
+        fixed: the fixed threshold, passed on to ``choose_threshold``.
     """
     from training.train import choose_threshold
 

@@ -18,10 +18,10 @@ import logging
 import os
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -30,6 +30,7 @@ from histo_common.images import median_size
 from training.config import TrainConfig
 from training.data import (
     Dataset,
+    Example,
     Split,
     class_weights,
     fold_splits,
@@ -44,6 +45,10 @@ from training.quality import (
     not_blessed_reasons,
     weak_model_warnings,
 )
+
+if TYPE_CHECKING:
+    import keras
+    import tensorflow as tf
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +76,7 @@ class TrainResult:
     blessed: bool = True  # False: the version is marked NOT_BLESSED (--min-oof-auc)
 
 
-def build_model(config: TrainConfig, n_classes: int):  # type: ignore[no-untyped-def]
+def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
     """Build the configured architecture (private to the run, public for tests)."""
     from training import models
 
@@ -219,8 +224,10 @@ def _logit_midpoint(low: float, high: float) -> float:
 
 
 def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> dict[str, float]:
-    """The evaluation's metrics (same functions, same names: ``roc_auc``, ``sensitivity``, ...)
-    at ``threshold``, with the threshold and the number of images."""
+    """The evaluation's metrics at ``threshold``, with the threshold and the number of images.
+
+    Same functions and names as the evaluation: ``roc_auc``, ``sensitivity``, ...
+    """
     from evaluation.metrics import all_metrics
 
     values: dict[str, float] = all_metrics(
@@ -234,7 +241,7 @@ def binary_metrics(y_true: np.ndarray, scores: np.ndarray, threshold: float) -> 
 class _TimeBudget:
     """Stops training once a wall-clock budget is spent (keeps the best weights)."""
 
-    def __new__(cls, minutes: float):  # type: ignore[no-untyped-def]
+    def __new__(cls, minutes: float) -> keras.callbacks.Callback:
         import keras
 
         class TimeBudget(keras.callbacks.Callback):
@@ -258,7 +265,7 @@ class _TimeBudget:
         return TimeBudget()
 
 
-def recalibrate_batch_norm(model, batches) -> int:  # type: ignore[no-untyped-def]
+def recalibrate_batch_norm(model: keras.Model, batches: Iterable[Sequence[Any]]) -> int:
     """Set every batch norm's moving statistics to their average over ``batches``.
 
     During training the moving averages lag behind weights that change every step
@@ -303,7 +310,7 @@ class _HeldOutMetrics:
     instead, before the callbacks that read them.
     """
 
-    def __new__(cls, held_out):  # type: ignore[no-untyped-def]
+    def __new__(cls, held_out: _HeldOut) -> keras.callbacks.Callback:
         import keras
         from sklearn.metrics import log_loss, roc_auc_score
 
@@ -332,8 +339,9 @@ def _callbacks(
     config: TrainConfig,
     run_dir: Path,
     budget_minutes: float | None,
-    held_out: Any,
-):  # type: ignore[no-untyped-def]
+    held_out: _HeldOut,
+) -> list[keras.callbacks.Callback]:
+    """Held-out metrics, checkpoint, early stopping, LR schedule, logs and time budget."""
     import keras
 
     monitor, mode = ("val_auc", "max") if held_out.n_classes == 2 else ("val_accuracy", "max")
@@ -369,7 +377,10 @@ class _HeldOut:
     calibration: Any  # un-augmented training batches for recalibrate_batch_norm
 
 
-def _compile(model, learning_rate: float, n_classes: int, label_smoothing: float = 0.0) -> None:  # type: ignore[no-untyped-def]
+def _compile(
+    model: keras.Model, learning_rate: float, n_classes: int, label_smoothing: float = 0.0
+) -> None:
+    """Adam with cross-entropy (binary or sparse categorical) and accuracy/AUC metrics."""
     import keras
 
     if n_classes == 2:
@@ -381,7 +392,14 @@ def _compile(model, learning_rate: float, n_classes: int, label_smoothing: float
     model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
 
 
-def _predict_scores(model, examples, indices, image_size: int, batch_size: int) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _predict_scores(
+    model: keras.Model,
+    examples: list[Example],
+    indices: list[int],
+    image_size: int,
+    batch_size: int,
+) -> np.ndarray:
+    """The model's probabilities on ``indices`` (the positive class's when binary)."""
     ds = make_dataset(
         examples, indices, image_size=image_size, batch_size=batch_size, training=False
     )
@@ -415,7 +433,7 @@ def _fit_member(
     run_dir: Path,
     budget_minutes: float | None,
     verbose: int,
-):  # type: ignore[no-untyped-def]
+) -> tuple[keras.Model, np.ndarray, int]:
     """Train one model on ``split.train``, early-stopped on ``split.validation``.
 
     Returns:
@@ -686,8 +704,17 @@ def _assess(
 
 
 def _fine_tune(
-    model, config, n_classes, train_ds, held_out, weights, run_dir, initial_epoch, budget, verbose
-):  # type: ignore[no-untyped-def]
+    model: keras.Model,
+    config: TrainConfig,
+    n_classes: int,
+    train_ds: tf.data.Dataset,
+    held_out: _HeldOut,
+    weights: dict[int, float],
+    run_dir: Path,
+    initial_epoch: int,
+    budget: float | None,
+    verbose: int,
+) -> int:
     """Unfreeze the top of MobileNetV2 (batch norm stays frozen) and train on at a lower rate."""
     import keras
 
