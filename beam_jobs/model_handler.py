@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -30,9 +30,6 @@ from beam_jobs.stages import CheckedImage
 from model_export import contract
 from model_export.identity import ModelIdentity
 from model_export.scoring import score_batch
-
-if TYPE_CHECKING:
-    from model_export.loader import LoadedModel
 
 logger = logging.getLogger(__name__)
 
@@ -104,7 +101,7 @@ class HistoModelHandler(_ContractHandler):
         super().__init__(**kwargs)
         self.model_uri = model_uri
 
-    def load_model(self) -> LoadedModel:
+    def load_model(self) -> Any:  # a LoadedModel; stream.py overrides with a RefreshingModel
         """Load the model with the project's loader (local or ``gs://``)."""
         from model_export.loader import load_model
 
