@@ -47,8 +47,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow first)
 
-# The development data and weights beside the project (HISTO_SHARED to point elsewhere).
-SHARED = Path(os.environ.get("HISTO_SHARED", REPO.parent / "shared"))
+# The development data and weights beside the project (HISTO_SHARED_DIR, as in the tests).
+SHARED = Path(os.environ.get("HISTO_SHARED_DIR") or REPO.parent / "shared")
 WEIGHTS = SHARED / "weights"
 MOBILENET_035 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
 RESULTS = REPO / "bench" / "results" / "training"

@@ -467,6 +467,7 @@ def _fit_member(
     history = model.fit(
         train_ds,
         epochs=config.epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
         class_weight=weights,
         callbacks=_callbacks(config, run_dir, budget_minutes, held_out),
         verbose=verbose,
@@ -732,6 +733,7 @@ def _fine_tune(
         train_ds,
         epochs=initial_epoch + config.fine_tune_epochs,
         initial_epoch=initial_epoch,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
         class_weight=weights,
         callbacks=_callbacks(config, run_dir, budget, held_out),
         verbose=verbose,

@@ -267,7 +267,7 @@ def test_stream_loses_no_rows_when_the_emulator_restarts(
             "--output",
             str(output),
             "--max-idle-seconds",
-            "5",
+            "10",  # margin for a slow emulator restart on a loaded machine
             "--window-seconds",
             "2",
         ],
