@@ -54,6 +54,38 @@ def fold_thresholds(
     return out
 
 
+def threshold_cost(
+    labels: np.ndarray,
+    scores: np.ndarray,
+    folds: np.ndarray,
+    threshold: float,
+    own_thresholds: Sequence[float],
+) -> float:
+    """The most balanced accuracy any fold loses at ``threshold`` instead of its own.
+
+    Widely spread fold thresholds matter only when one threshold cannot serve every
+    fold: on folds whose classes separate with a wide gap, thresholds anywhere in
+    the gap are equally right, spread or not, and this cost is 0.
+
+    Args:
+        labels: 0/1 labels of the out-of-fold predictions.
+        scores: the positive class's probabilities.
+        folds: the fold that held out each prediction.
+        threshold: the exported threshold.
+        own_thresholds: each two-class fold's own threshold, in fold order
+            (:func:`fold_thresholds`).
+    """
+    from evaluation.metrics import point_metrics
+
+    two_class = [f for f in np.unique(folds) if len(np.unique(labels[folds == f])) == 2]
+    cost = 0.0
+    for fold, own in zip(two_class, own_thresholds, strict=False):
+        y, p = labels[folds == fold], scores[folds == fold]
+        best = point_metrics(y, p, own)["balanced_accuracy"]
+        cost = max(cost, best - point_metrics(y, p, threshold)["balanced_accuracy"])
+    return cost
+
+
 def weak_model_warnings(
     auc: float,
     thresholds: Sequence[float],
@@ -61,6 +93,8 @@ def weak_model_warnings(
     weak_auc: float,
     max_spread: float,
     where: str,
+    cost: float | None = None,
+    max_cost: float = 0.02,
 ) -> list[str]:
     """Sentences (possibly none) saying why the model should not be trusted as it is.
 
@@ -70,6 +104,10 @@ def weak_model_warnings(
         weak_auc: warn below this AUC.
         max_spread: warn when the thresholds spread more than this in logit space.
         where: what the AUC was measured on, in words.
+        cost: :func:`threshold_cost` of the exported threshold, when known: a spread
+            is only reported when the exported threshold costs some fold more than
+            ``max_cost`` balanced accuracy.
+        max_cost: see ``cost``.
     """
     warnings = []
     if not np.isfinite(auc):
@@ -80,7 +118,7 @@ def weak_model_warnings(
             "tell the classes apart on patients it has not seen"
         )
     spread = threshold_spread(thresholds)
-    if spread > max_spread:
+    if spread > max_spread and (cost is None or cost > max_cost):
         listed = ", ".join(f"{t:.3f}" for t in thresholds)
         warnings.append(
             f"unstable threshold: the folds' own thresholds ({listed}) spread {spread:.2f} "

@@ -43,6 +43,7 @@ from training.quality import (
     fold_thresholds,
     mark_not_blessed,
     not_blessed_reasons,
+    threshold_cost,
     weak_model_warnings,
 )
 
@@ -595,7 +596,9 @@ def train(config: TrainConfig) -> TrainResult:
         val_metrics["validation"] = where
         val_metrics["split"] = splits[0].method
         logger.info("Held-out metrics (%s): %s", where, json.dumps(val_metrics))
-        warnings = input_warnings + _assess(config, splits, y_held, scores, val_metrics, where)
+        warnings = input_warnings + _assess(
+            config, splits, y_held, scores, val_metrics, where, threshold
+        )
         reasons = not_blessed_reasons(val_metrics.get("roc_auc", float("nan")), config.min_oof_auc)
 
         _merge_histories(run_dir, len(splits))
@@ -682,6 +685,7 @@ def _assess(
     scores: np.ndarray,
     metrics: dict[str, Any],
     where: str,
+    threshold: float,
 ) -> list[str]:
     """The weak-model warnings of a run (``training.quality``), each logged once."""
     if scores.ndim != 1:  # more than two classes: no AUC or threshold to judge
@@ -698,6 +702,7 @@ def _assess(
         weak_auc=config.weak_auc,
         max_spread=config.max_threshold_spread,
         where=where,
+        cost=threshold_cost(labels, scores, folds, threshold, thresholds) if thresholds else None,
     )
     for warning in warnings:
         logger.warning("Model: %s", warning)

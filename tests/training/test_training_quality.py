@@ -31,6 +31,7 @@ from training.models import CUSTOM_CNN, MOBILENET_V2
 from training.quality import (
     fold_thresholds,
     not_blessed_reasons,
+    threshold_cost,
     threshold_spread,
     weak_model_warnings,
 )
@@ -174,3 +175,21 @@ def test_weak_model_is_flagged_and_not_blessed(sample_dir: Path, tmp_path: Path,
     with pytest.raises(ModelLoadError, match="NOT_BLESSED"):
         load_model(str(out / "histo-cnn"))
     assert load_model(str(version)).version == 1
+
+
+def test_spread_is_not_reported_when_one_threshold_serves_every_fold() -> None:
+    # Two folds separated with wide gaps: their own thresholds sit far apart in logit
+    # space, yet 0.3 separates both perfectly, so the spread costs nothing.
+    labels = np.array([0, 0, 1, 1, 0, 0, 1, 1])
+    scores = np.array([0.001, 0.002, 0.5, 0.6, 0.05, 0.1, 0.9, 0.95])
+    folds = np.array([0, 0, 0, 0, 1, 1, 1, 1])
+    own = fold_thresholds(labels, scores, folds, "youden", 0.5)
+    kwargs = {"weak_auc": 0.8, "max_spread": 1.0, "where": "oof"}
+    assert threshold_spread(own) > 1.0
+    assert threshold_cost(labels, scores, folds, 0.3, own) == pytest.approx(0.0)
+    assert weak_model_warnings(1.0, own, cost=0.0, **kwargs) == []
+    # The same spread, where one threshold cannot serve both folds, is reported.
+    cost = threshold_cost(labels, scores, folds, 0.7, own)
+    assert cost == pytest.approx(0.5)  # fold 0 loses its malignant images
+    (wide,) = weak_model_warnings(1.0, own, cost=cost, **kwargs)
+    assert "unstable threshold" in wide
