@@ -69,23 +69,10 @@ def benchmark_model(work: Path, requested: str | None) -> tuple[str, str]:
         return requested, requested
     if DEFAULT_MODEL.is_dir() and list_versions(str(DEFAULT_MODEL)):
         return str(DEFAULT_MODEL), f"{DEFAULT_MODEL.relative_to(REPO_ROOT)} (latest version)"
-    from model_export.export import export_model
-    from training.models import build_custom_cnn
+    from benchkit import export_untrained_cnn
 
-    model = build_custom_cnn(64)
-    root = work / "models"
-    export_model(
-        model,
-        models_root=str(root),
-        model_name="histo-cnn",
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
-        threshold_method="fixed (benchmark, untrained)",
-        image_size=64,
-        architecture="custom_cnn",
-    )
-    return str(root / "histo-cnn"), "untrained custom_cnn(64), exported for the benchmark"
+    root = export_untrained_cnn(str(work / "models"), 64)
+    return root, "untrained custom_cnn(64), exported for the benchmark"
 
 
 def sample_image(work: Path) -> bytes:

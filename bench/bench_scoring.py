@@ -50,26 +50,16 @@ def peak_rss_mb() -> float:
 
 def prepare(workdir: Path, count: int) -> tuple[Path, str]:
     """Write the synthetic images and export the untrained original CNN."""
+    from benchkit import export_untrained_cnn
+
     from histo_common.samples import generate_samples
-    from model_export.export import export_model
-    from training.models import build_custom_cnn
 
     images = workdir / "images"
     t = time.perf_counter()
     generate_samples(str(images), count=count, seed=0, size=PATCH_SIZE)
     print(f"generated {count} images in {time.perf_counter() - t:.1f} s")
     t = time.perf_counter()
-    export_model(
-        build_custom_cnn(IMAGE_SIZE),
-        models_root=str(workdir / "models"),
-        model_name="histo-cnn",
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
-        threshold_method="fixed (benchmark, untrained)",
-        image_size=IMAGE_SIZE,
-        architecture="custom_cnn",
-    )
+    export_untrained_cnn(str(workdir / "models"), IMAGE_SIZE)
     print(f"exported the untrained custom CNN in {time.perf_counter() - t:.1f} s")
     return images, f"{workdir}/models/histo-cnn"
 

@@ -44,29 +44,18 @@ BATCH = 256
 
 def prepare(workdir: Path, width: int, height: int):  # type: ignore[no-untyped-def]
     """Write the slide, export the untrained CNN, plan and mask the tiles."""
+    from benchkit import export_untrained_cnn
+
     from histo_common.samples import generate_slide
     from histo_common.slides import open_slide
     from histo_common.tiling import plan_tiles
     from histo_common.tissue import TissueMasker, keep_tissue_tiles
-    from model_export.export import export_model
     from model_export.loader import load_model
-    from training.models import build_custom_cnn
 
     t = time.perf_counter()
     sample = generate_slide(str(workdir / "slide.tif"), width, height, seed=0, mpp=None)
     print(f"wrote a {width}x{height} synthetic slide in {time.perf_counter() - t:.1f} s")
-    export_model(
-        build_custom_cnn(IMAGE_SIZE),
-        models_root=str(workdir / "models"),
-        model_name="histo-cnn",
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
-        threshold_method="fixed (benchmark, untrained)",
-        image_size=IMAGE_SIZE,
-        architecture="custom_cnn",
-        native_size=(TILE, TILE),
-    )
+    export_untrained_cnn(str(workdir / "models"), IMAGE_SIZE, native_size=(TILE, TILE))
     model = load_model(f"{workdir}/models/histo-cnn")
     with open_slide(sample.uri) as slide:
         plan = plan_tiles(slide.geometry, model.metadata.training_scale())

@@ -1,0 +1,38 @@
+"""What the speed benchmarks share: a model exported only to be timed.
+
+Speed does not depend on the weights, so the scoring, function and tile
+benchmarks time an untrained custom CNN exported in the SavedModel contract.
+"""
+
+from __future__ import annotations
+
+
+def export_untrained_cnn(
+    models_root: str, image_size: int, native_size: tuple[int, int] | None = None
+) -> str:
+    """Export an untrained ``custom_cnn`` as ``<models_root>/histo-cnn/1``.
+
+    Args:
+        models_root: folder (or URI) the model root goes under.
+        image_size: the network's input size.
+        native_size: the training scale to record (tiling needs it), if any.
+
+    Returns:
+        The model root URI (``<models_root>/histo-cnn``).
+    """
+    from model_export.export import export_model
+    from training.models import build_custom_cnn
+
+    export_model(
+        build_custom_cnn(image_size),
+        models_root=models_root,
+        model_name="histo-cnn",
+        class_names=["benign", "malignant"],
+        positive_class="malignant",
+        threshold=0.5,
+        threshold_method="fixed (benchmark, untrained)",
+        image_size=image_size,
+        architecture="custom_cnn",
+        native_size=native_size,
+    )
+    return f"{models_root.rstrip('/')}/histo-cnn"
