@@ -14,6 +14,7 @@ import contextvars
 import json
 import logging
 import sys
+import time
 from collections.abc import Iterator
 from typing import IO, Any
 
@@ -98,3 +99,28 @@ def remove_logging() -> None:
     for handler in list(root.handlers):
         if handler.get_name() == _HANDLER_NAME:
             root.removeHandler(handler)
+
+
+class StageClock:
+    """Milliseconds spent in named stages of handling one event, for its log line.
+
+    The function logs these with each outcome (``stages_ms``), so where an event's
+    time went can be read from the logs in production and by ``bench/bench_function.py``.
+    """
+
+    def __init__(self) -> None:
+        self._ms: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        """Add the time spent inside the block to stage ``name``."""
+        started = time.perf_counter()
+        try:
+            yield
+        finally:
+            elapsed = (time.perf_counter() - started) * 1000
+            self._ms[name] = self._ms.get(name, 0.0) + elapsed
+
+    def as_dict(self) -> dict[str, float]:
+        """Stage name to milliseconds, rounded to 0.01 ms, in the order first seen."""
+        return {name: round(ms, 2) for name, ms in self._ms.items()}

@@ -25,14 +25,14 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
-from functions.logs import log_context
+from functions.logs import StageClock, log_context
 from functions.settings import FunctionSettings
 from histo_common import DISCLAIMER, bucket_events, storage
 from histo_common.bucket_events import is_own_output
 from histo_common.errors import one_line
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
 from histo_common.layout import error_sibling, gradcam_sibling, prediction_sibling
-from histo_common.overlay import load_rgb, overlay_png
+from histo_common.overlay import encode_overlay_png, load_rgb, overlay_picture
 from histo_common.results import ErrorRow, ResultRow, prediction_document
 from model_export import contract
 from model_export.loader import LoadedModel, ModelLoadError
@@ -91,6 +91,20 @@ class _PriorOutput:
     source_generation: int | None
 
 
+@dataclass(frozen=True)
+class _Priors:
+    """The outputs found beside an object before it is screened."""
+
+    prediction: _PriorOutput | None
+    error: _PriorOutput | None
+
+    @property
+    def recorded_generation(self) -> int:
+        """The source generation the existing outputs were made from (0: none)."""
+        found = [p.source_generation or 0 for p in (self.prediction, self.error) if p]
+        return max(found, default=0)
+
+
 # --------------------------------------------------------------------- names
 
 
@@ -127,7 +141,11 @@ def skip_reason(name: str) -> str | None:
 
 
 def score_image(
-    data: bytes, uri: str, model: LoadedModel, settings: FunctionSettings
+    data: bytes,
+    uri: str,
+    model: LoadedModel,
+    settings: FunctionSettings,
+    clock: StageClock | None = None,
 ) -> ScoredImage:
     """Check, score and explain one encoded image; draw its overlay.
 
@@ -136,6 +154,7 @@ def score_image(
         uri: what to call the image in the row (its object URI, or the upload's name).
         model: the loaded model.
         settings: size limits.
+        clock: where to add the time of each stage (check, explain, draw, encode).
 
     Returns:
         The result row, the overlay PNG and the image's header facts.
@@ -146,10 +165,15 @@ def score_image(
         Exception: when the model itself fails (out of memory ...): not the image's
             fault, so never an ``.error.json`` (``model_export.scoring``'s policy).
     """
-    prepared, info = check_and_prepare(
-        data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
-    )
-    [outcome] = score_batch(model, [prepared], model.identity, signature=contract.EXPLAIN_SIGNATURE)
+    clock = clock or StageClock()
+    with clock.stage("check"):
+        prepared, info = check_and_prepare(
+            data, max_pixels=settings.max_image_pixels, max_bytes=settings.max_image_bytes
+        )
+    with clock.stage("explain"):
+        [outcome] = score_batch(
+            model, [prepared], model.identity, signature=contract.EXPLAIN_SIGNATURE
+        )
     if outcome.prediction is None or outcome.heatmap is None:
         raise UndecodableImage(f"the model could not decode this {info.format}: {outcome.error}")
     prediction = outcome.prediction
@@ -161,15 +185,18 @@ def score_image(
         width=info.width,
         height=info.height,
     )
-    try:
-        image = load_rgb(prepared)
-    except Exception as exc:  # Pillow raises many types; the model decoded it, so rare
-        raise ImageError(
-            f"could not decode the {info.format} for drawing: {one_line(exc)}"
-        ) from exc
-    overlay = overlay_png(
-        image, prediction, outcome.heatmap, positive_class=model.metadata.positive_class
-    )
+    with clock.stage("draw"):
+        try:
+            image = load_rgb(prepared)
+        except Exception as exc:  # Pillow raises many types; the model decoded it, so rare
+            raise ImageError(
+                f"could not decode the {info.format} for drawing: {one_line(exc)}"
+            ) from exc
+        picture = overlay_picture(
+            image, prediction, outcome.heatmap, positive_class=model.metadata.positive_class
+        )
+    with clock.stage("encode"):
+        overlay = encode_overlay_png(picture)
     return ScoredImage(row=row, overlay_png=overlay, info=info, model_uri=model.uri)
 
 
@@ -239,14 +266,19 @@ def screen_object(
         uri = f"{bucket}/{name}"
         with log_context(uri=uri, event_id=event_id):
             return _log(Outcome(Status.SKIPPED, uri, f"invalid object name: {exc}"))
+    clock = StageClock()
     with log_context(uri=uri, event_id=event_id, generation=generation):
         try:
-            outcome = _screen(uri, name, generation, event_id, settings, load_model)
+            outcome = _screen(uri, name, generation, event_id, settings, load_model, clock)
         except (storage.StorageUnavailable, ModelLoadError) as exc:
             # Logged here, where the line still carries the URI; the caller re-delivers.
             logger.error("not done, the event will be retried: %s", exc, extra={"status": "retry"})
             raise
-        return _log(outcome, elapsed_ms=round((time.perf_counter() - started) * 1000, 1))
+        return _log(
+            outcome,
+            elapsed_ms=round((time.perf_counter() - started) * 1000, 1),
+            stages_ms=clock.as_dict(),
+        )
 
 
 def _screen(
@@ -256,14 +288,16 @@ def _screen(
     event_id: str,
     settings: FunctionSettings,
     load_model: ModelProvider,
+    clock: StageClock,
 ) -> Outcome:
     reason = skip_reason(name)
     if reason:
         return Outcome(Status.SKIPPED, uri, reason)
-    try:
-        current = storage.stat(uri)
-    except storage.ObjectNotFound:
-        return Outcome(Status.SKIPPED, uri, "the object no longer exists")
+    with clock.stage("storage"):
+        try:
+            current = storage.stat(uri)
+        except storage.ObjectNotFound:
+            return Outcome(Status.SKIPPED, uri, "the object no longer exists")
     if generation is None:
         generation = current.generation
     elif current.generation is not None and current.generation > generation:
@@ -277,8 +311,9 @@ def _screen(
         )
     gen = int(generation or 0)
 
-    priors = [p for p in (_prior(prediction_uri(uri)), _prior(error_uri(uri))) if p is not None]
-    recorded = max((p.source_generation or 0 for p in priors), default=0)
+    with clock.stage("storage"):
+        priors = _Priors(_prior(prediction_uri(uri)), _prior(error_uri(uri)))
+    recorded = priors.recorded_generation
     if recorded == gen:
         return Outcome(Status.DUPLICATE, uri, f"generation {gen} was already screened")
     if recorded > gen:
@@ -291,29 +326,51 @@ def _screen(
             "check",
             event_id,
             gen,
+            priors,
         )
+    with clock.stage("read"):
+        try:
+            data = storage.read_bytes(uri)
+        except storage.ObjectNotFound:
+            return Outcome(Status.SKIPPED, uri, "the object no longer exists")
+    with clock.stage("model"):
+        model = load_model()
     try:
-        data = storage.read_bytes(uri)
-    except storage.ObjectNotFound:
-        return Outcome(Status.SKIPPED, uri, "the object no longer exists")
-    model = load_model()
-    try:
-        scored = score_image(data, uri, model, settings)
+        scored = score_image(data, uri, model, settings, clock)
     except ImageError as exc:
         stage = "score" if isinstance(exc, UndecodableImage) else "check"
-        return _write_error(uri, str(exc), stage, event_id, gen)
+        return _write_error(uri, str(exc), stage, event_id, gen, priors)
 
     overlay_at = gradcam_uri(uri)
-    doc = event_prediction_document(
-        scored, event_id=event_id, generation=gen, overlay_uri=overlay_at
-    )
-    try:
-        # The overlay first, the prediction last: prediction.json marks the work done.
-        _write(overlay_at, scored.overlay_png, "image/png", gen, event_id)
-        _write(prediction_uri(uri), _json_bytes(doc), "application/json", gen, event_id)
-    except storage.PreconditionFailed:
-        return Outcome(Status.DUPLICATE, uri, _RACE_LOST)
-    storage.delete(error_uri(uri), missing_ok=True)  # from an earlier, bad generation
+    with clock.stage("json"):
+        body = _json_bytes(
+            event_prediction_document(
+                scored, event_id=event_id, generation=gen, overlay_uri=overlay_at
+            )
+        )
+    with clock.stage("storage"):
+        try:
+            # The overlay first, the prediction last: prediction.json marks the work done.
+            _write_unseen(
+                overlay_at,
+                scored.overlay_png,
+                "image/png",
+                gen,
+                event_id,
+                likely_absent=priors.prediction is None,
+            )
+            _write(
+                prediction_uri(uri),
+                body,
+                "application/json",
+                gen,
+                event_id,
+                seen=priors.prediction.object_generation if priors.prediction else None,
+            )
+        except storage.PreconditionFailed:
+            return Outcome(Status.DUPLICATE, uri, _RACE_LOST)
+        if priors.error is not None:  # from an earlier, bad generation
+            storage.delete(error_uri(uri), missing_ok=True)
     return Outcome(
         Status.SCORED,
         uri,
@@ -322,10 +379,19 @@ def _screen(
     )
 
 
-def _write_error(uri: str, reason: str, stage: str, event_id: str, generation: int) -> Outcome:
+def _write_error(
+    uri: str, reason: str, stage: str, event_id: str, generation: int, priors: _Priors
+) -> Outcome:
     doc = event_error_document(uri, reason, stage, event_id=event_id, generation=generation)
     try:
-        _write(error_uri(uri), _json_bytes(doc), "application/json", generation, event_id)
+        _write(
+            error_uri(uri),
+            _json_bytes(doc),
+            "application/json",
+            generation,
+            event_id,
+            seen=priors.error.object_generation if priors.error else None,
+        )
     except storage.PreconditionFailed:
         return Outcome(Status.DUPLICATE, uri, _RACE_LOST)
     # Outputs of an earlier, good generation would now describe a different file.
@@ -355,12 +421,15 @@ def _prior(uri: str) -> _PriorOutput | None:
     return _PriorOutput(uri, info.generation, source_generation)
 
 
-def _write(uri: str, data: bytes, content_type: str, generation: int, event_id: str) -> None:
-    """Write an output: create-only when absent, else only over the version we saw."""
-    try:
-        seen = storage.stat(uri).generation
-    except storage.ObjectNotFound:
-        seen = None
+def _write(
+    uri: str, data: bytes, content_type: str, generation: int, event_id: str, *, seen: int | None
+) -> None:
+    """Write an output over the version seen: create-only when ``seen`` is None (absent).
+
+    Raises:
+        storage.PreconditionFailed: the output changed since it was seen (another
+            delivery of the event got there first).
+    """
     storage.write_bytes(
         uri,
         data,
@@ -368,6 +437,35 @@ def _write(uri: str, data: bytes, content_type: str, generation: int, event_id: 
         metadata={GENERATION_METADATA_KEY: str(generation), "event-id": event_id},
         if_generation_match=seen if seen else 0,
     )
+
+
+def _write_unseen(
+    uri: str,
+    data: bytes,
+    content_type: str,
+    generation: int,
+    event_id: str,
+    *,
+    likely_absent: bool,
+) -> None:
+    """Write an output whose current version was not looked up yet.
+
+    For a first upload (no prediction beside it) the overlay is almost never there,
+    so it is written create-only straight away, saving a look-up per event; only
+    if that fails (an interrupted earlier delivery left one) is the version looked
+    up and written over, as it is at once when a prediction exists.
+    """
+    if likely_absent:
+        try:
+            _write(uri, data, content_type, generation, event_id, seen=None)
+            return
+        except storage.PreconditionFailed:
+            pass
+    try:
+        seen = storage.stat(uri).generation
+    except storage.ObjectNotFound:
+        seen = None
+    _write(uri, data, content_type, generation, event_id, seen=seen)
 
 
 def _json_bytes(doc: dict[str, Any]) -> bytes:

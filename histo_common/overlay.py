@@ -9,16 +9,21 @@ was made, and show small images through :func:`upscale_for_display`.
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
+import zlib
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageFont
 
 from histo_common.results import Prediction
 
 MIN_SIDE = 256  # patches are tiny (50 px); draw them large enough to read
 _BAR_WIDTH = 18
 _MARGIN = 8
+_FONT_SIZE = 13
+_LINE_HEIGHT = 18  # pixels: the caption font's ascent plus descent, with room
 
 
 def colormap(values: np.ndarray) -> np.ndarray:
@@ -100,32 +105,119 @@ def render_overlay(
     Returns:
         PNG bytes.
     """
-    shown = Image.fromarray(upscale_for_display(blend(image, heatmap, opacity)))
-    font = ImageFont.load_default(size=13)
+    return encode_overlay_png(draw_overlay(image, heatmap, caption=caption, opacity=opacity))
+
+
+def draw_overlay(
+    image: np.ndarray, heatmap: np.ndarray, *, caption: str = "", opacity: float = 0.45
+) -> np.ndarray:
+    """The overlay picture as RGB uint8 (see :func:`render_overlay`), not yet encoded.
+
+    Drawn with numpy at the display size, once: the colour scale with its labels
+    is made once per height and the caption is laid out from cached glyphs, so
+    no text is rasterised per image (FreeType took most of the drawing time).
+    """
+    shown = upscale_for_display(blend(image, heatmap, opacity))
+    height_shown, width_shown = shown.shape[:2]
+    text = _text_mask(caption) if caption else None
     caption_h = 22 if caption else 0
-    caption_w = int(ImageDraw.Draw(Image.new("RGB", (1, 1))).textlength(caption, font=font))
-    width = max(shown.width + 3 * _MARGIN + _BAR_WIDTH + 34, caption_w + 2 * _MARGIN)
-    height = shown.height + 2 * _MARGIN + caption_h
-    canvas = Image.new("RGB", (width, height), "white")
-    canvas.paste(shown, (_MARGIN, _MARGIN + caption_h))
-    draw = ImageDraw.Draw(canvas)
-    if caption:
-        draw.text((_MARGIN, 4), caption, fill="black", font=font)
-    # Colour scale: high at the top, low at the bottom.
-    bar_x = shown.width + 2 * _MARGIN
-    bar_top = _MARGIN + caption_h
-    ramp = np.linspace(1.0, 0.0, shown.height)[:, None].repeat(_BAR_WIDTH, axis=1)
-    canvas.paste(Image.fromarray(colormap(ramp)), (bar_x, bar_top))
-    draw.rectangle(
-        (bar_x, bar_top, bar_x + _BAR_WIDTH - 1, bar_top + shown.height - 1), outline="black"
+    legend = _legend(height_shown)
+    width = max(
+        width_shown + 2 * _MARGIN + legend.shape[1],
+        (text.shape[1] if text is not None else 0) + 2 * _MARGIN,
     )
-    label_x = bar_x + _BAR_WIDTH + 3
-    draw.text((label_x, bar_top), "1.0", fill="black", font=font)
-    draw.text((label_x, bar_top + shown.height // 2 - 7), "0.5", fill="black", font=font)
-    draw.text((label_x, bar_top + shown.height - 14), "0.0", fill="black", font=font)
-    out = io.BytesIO()
-    canvas.save(out, format="PNG")
-    return out.getvalue()
+    height = height_shown + 2 * _MARGIN + caption_h
+    canvas = np.full((height, width, 3), 255, np.uint8)
+    top = _MARGIN + caption_h
+    canvas[top : top + height_shown, _MARGIN : _MARGIN + width_shown] = shown
+    bar_x = width_shown + 2 * _MARGIN
+    canvas[top : top + height_shown, bar_x : bar_x + legend.shape[1]] = legend
+    if text is not None:
+        region = canvas[4 : 4 + text.shape[0], _MARGIN : _MARGIN + text.shape[1]]
+        np.minimum(region, (255 - text)[..., None], out=region)  # black text on white
+    return canvas
+
+
+def encode_overlay_png(canvas: np.ndarray) -> bytes:
+    """Encode an RGB uint8 picture as PNG, fast, for overlays.
+
+    Every row is stored with PNG's "Up" filter: an overlay is enlarged by a whole
+    factor, so most rows repeat the one above and filter to zeros, which zlib's
+    fastest level packs well. About twice as fast as Pillow's adaptive filtering
+    at its fastest level, and smaller; the pixels are exactly the same.
+    """
+    pixels = np.ascontiguousarray(canvas, dtype=np.uint8)
+    if pixels.ndim != 3 or pixels.shape[2] != 3:
+        raise ValueError(f"expected an HxWx3 RGB image, got shape {pixels.shape}")
+    h, w, _ = pixels.shape
+    rows = pixels.reshape(h, w * 3)
+    filtered = np.empty((h, 1 + w * 3), np.uint8)
+    filtered[0, 0] = 0  # the first row has no row above: filter "None"
+    filtered[0, 1:] = rows[0]
+    filtered[1:, 0] = 2  # "Up": each byte minus the byte above, modulo 256
+    np.subtract(rows[1:], rows[:-1], out=filtered[1:, 1:], dtype=np.uint8, casting="unsafe")
+    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)  # 8-bit RGB, no interlace
+    return b"".join(
+        (
+            b"\x89PNG\r\n\x1a\n",
+            _png_chunk(b"IHDR", header),
+            _png_chunk(b"IDAT", zlib.compress(filtered, 1)),
+            _png_chunk(b"IEND", b""),
+        )
+    )
+
+
+def _png_chunk(tag: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + tag + data + struct.pack(">I", zlib.crc32(tag + data))
+
+
+@functools.lru_cache(maxsize=1)
+def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=_FONT_SIZE)
+
+
+@functools.lru_cache(maxsize=256)
+def _glyph(char: str) -> tuple[np.ndarray, int, int, int]:
+    """One character's coverage mask, its offset in the line and its advance, in pixels."""
+    font = _font()
+    mask, (dx, dy) = font.getmask2(char)
+    coverage = np.asarray(mask, dtype=np.uint8).reshape(mask.size[1], mask.size[0])
+    return coverage, int(dx), int(dy), int(np.ceil(font.getlength(char)))
+
+
+@functools.lru_cache(maxsize=64)
+def _text_mask(text: str) -> np.ndarray:
+    """A line of text as a coverage mask (uint8, 255 = ink), laid out from cached glyphs."""
+    glyphs = [_glyph(char) for char in text]
+    width = max(1, sum(advance for *_, advance in glyphs) + 2)
+    mask = np.zeros((_LINE_HEIGHT, width), np.uint8)
+    x = 0
+    for coverage, dx, dy, advance in glyphs:
+        h, w = coverage.shape
+        y0, x0 = max(0, dy), x + max(0, dx)
+        h, w = min(h, _LINE_HEIGHT - y0), min(w, width - x0)
+        if h > 0 and w > 0:
+            target = mask[y0 : y0 + h, x0 : x0 + w]
+            np.maximum(target, coverage[:h, :w], out=target)
+        x += advance
+    return mask
+
+
+@functools.lru_cache(maxsize=8)
+def _legend(height: int) -> np.ndarray:
+    """The colour scale (high at the top) with its 1.0 / 0.5 / 0.0 labels, for one height."""
+    legend = np.full((height, _BAR_WIDTH + 34, 3), 255, np.uint8)
+    ramp = np.linspace(1.0, 0.0, height)[:, None].repeat(_BAR_WIDTH, axis=1)
+    legend[:, :_BAR_WIDTH] = colormap(ramp)
+    legend[[0, -1], :_BAR_WIDTH] = 0  # outline
+    legend[:, [0, _BAR_WIDTH - 1]] = 0
+    for label, y in (("1.0", 0), ("0.5", height // 2 - 7), ("0.0", height - 14)):
+        text = _text_mask(label)
+        h, w = min(text.shape[0], height - max(0, y)), min(text.shape[1], 31)
+        region = legend[max(0, y) : max(0, y) + h, _BAR_WIDTH + 3 : _BAR_WIDTH + 3 + w]
+        np.minimum(region, (255 - text[:h, :w])[..., None], out=region)
+    legend.setflags(write=False)
+    return legend
 
 
 def overlay_caption(label: str, probability: float, threshold: float, positive_class: str) -> str:
@@ -156,8 +248,22 @@ def overlay_png(
     Returns:
         PNG bytes.
     """
+    return encode_overlay_png(
+        overlay_picture(image, prediction, heatmap, positive_class=positive_class, opacity=opacity)
+    )
+
+
+def overlay_picture(
+    image: bytes | np.ndarray,
+    prediction: Prediction,
+    heatmap: np.ndarray,
+    *,
+    positive_class: str,
+    opacity: float = 0.45,
+) -> np.ndarray:
+    """What :func:`overlay_png` encodes: the captioned overlay as RGB uint8 pixels."""
     pixels = load_rgb(image) if isinstance(image, bytes) else image
     caption = overlay_caption(
         prediction.label, prediction.probability, prediction.threshold, positive_class
     )
-    return render_overlay(pixels, heatmap, caption=caption, opacity=opacity)
+    return draw_overlay(pixels, heatmap, caption=caption, opacity=opacity)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from histo_common.errors import one_line
@@ -53,3 +54,16 @@ def test_overlay_png_from_bytes_or_pixels_is_the_same_picture() -> None:
     drawn = np.asarray(Image.open(io.BytesIO(from_pixels)).convert("RGB"), dtype=float)
     assert min(drawn.shape[:2]) > MIN_SIDE
     assert np.abs(drawn - np.asarray(Image.open(io.BytesIO(faint)).convert("RGB"))).mean() > 5
+
+
+def test_overlay_png_encoder_keeps_every_pixel() -> None:
+    from histo_common.overlay import encode_overlay_png
+
+    rng = np.random.default_rng(1)
+    for shape in ((1, 1, 3), (7, 5, 3), (120, 90, 3)):
+        pixels = rng.integers(0, 256, shape, dtype=np.uint8)
+        pixels[len(pixels) // 2 :] = pixels[len(pixels) // 2 : len(pixels) // 2 + 1]  # repeats
+        decoded = np.asarray(Image.open(io.BytesIO(encode_overlay_png(pixels))).convert("RGB"))
+        assert np.array_equal(decoded, pixels)
+    with pytest.raises(ValueError, match="RGB"):
+        encode_overlay_png(np.zeros((4, 4), np.uint8))

@@ -312,6 +312,12 @@ def test_log_lines_are_json_with_uri_and_event_id(
         assert entry["severity"] in ("INFO", "WARNING")
         assert entry["event_id"] in ("id-ok.png", "id-bad.png")
         assert entry["uri"] == str(local_buckets / "uploads" / entry["event_id"][3:])
+    # Where the scored event's time went, stage by stage (bench/bench_function.py reads it).
+    [scored] = [e for e in ours if e.get("status") == "scored"]
+    stages = scored["stages_ms"]
+    assert {"storage", "read", "check", "explain", "draw", "encode", "json"} <= set(stages)
+    assert all(ms >= 0 for ms in stages.values())
+    assert sum(stages.values()) <= scored["elapsed_ms"] + 1.0
 
 
 def test_unloadable_model_makes_the_event_retry(
@@ -346,3 +352,27 @@ def test_screen_object_without_any_event(local_buckets: Path, loaded_tiny_model,
     assert outcome.status is screening.Status.SCORED
     assert outcome.outputs == (f"{path}.gradcam.png", f"{path}.prediction.json")
     assert again.status is screening.Status.DUPLICATE
+
+
+def test_overlay_left_by_an_interrupted_delivery_is_replaced(
+    local_buckets: Path, loaded_tiny_model, benign_png
+):
+    """A first upload writes its overlay create-only; one already there is written over."""
+    from functions.settings import FunctionSettings
+
+    settings = FunctionSettings(model_uri="unused", local_bucket_root=str(local_buckets))
+    path = local_buckets / "uploads" / "half.png"
+    path.write_bytes(benign_png)
+    leftover = Path(screening.gradcam_uri(str(path)))
+    leftover.write_bytes(b"an overlay from a delivery that stopped before its prediction")
+
+    outcome = screening.screen_object(
+        "uploads", "half.png", None, "ev", settings, lambda: loaded_tiny_model
+    )
+
+    assert outcome.status is screening.Status.SCORED
+    assert leftover.read_bytes().startswith(b"\x89PNG")
+    with Image.open(leftover) as overlay:
+        assert min(overlay.size) > 256
+    doc = json.loads(Path(screening.prediction_uri(str(path))).read_text())
+    assert doc["gradcam_uri"] == str(leftover)
