@@ -15,7 +15,7 @@ from typing import Any, NamedTuple
 
 from histo_common.errors import one_line
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, check_and_prepare
-from histo_common.results import RESULT_COLUMNS, ErrorRow, ResultRow
+from histo_common.results import ALL_RESULT_COLUMNS, TILE_COLUMNS, ErrorRow, ResultRow
 from model_export.scoring import ScoreOutcome
 
 logger = logging.getLogger(__name__)
@@ -87,27 +87,56 @@ def result_row(image: CheckedImage, outcome: ScoreOutcome) -> ResultRow | ErrorR
 
 
 def csv_header() -> str:
-    """The header line of the results CSV."""
-    return ",".join(RESULT_COLUMNS)
+    """The header line of the results CSV: every column, slide fields last."""
+    return ",".join(ALL_RESULT_COLUMNS)
 
 
 def csv_line(row: ResultRow) -> str:
-    """One results CSV line (quoted as needed), in ``RESULT_COLUMNS`` order."""
+    """One results CSV line (quoted as needed), in ``ALL_RESULT_COLUMNS`` order.
+
+    A whole input's slide fields are empty cells.
+    """
     out = io.StringIO()
-    values = row.to_dict()
-    csv.writer(out, lineterminator="").writerow([values[c] for c in RESULT_COLUMNS])
+    values = row.to_columns()
+    csv.writer(out, lineterminator="").writerow(
+        ["" if values[c] is None else values[c] for c in ALL_RESULT_COLUMNS]
+    )
     return out.getvalue()
 
 
-def parquet_schema() -> Any:
-    """The pyarrow schema of the results Parquet files (columns of ``ResultRow``)."""
+_PARQUET_TYPES = {
+    "probability": "float64",
+    "threshold": "float64",
+    "model_version": "int64",
+    "image_width": "int64",
+    "image_height": "int64",
+    "tiles_scored": "int64",
+    "tissue_tiles": "int64",
+    "grid_tiles": "int64",
+    "positive_fraction": "float64",
+    "max_probability": "float64",
+    "top_k_mean": "float64",
+    "top_k": "int64",
+    "scale_assumed": "bool_",
+    "x": "int64",
+    "y": "int64",
+    "width": "int64",
+    "height": "int64",
+    "level": "int64",
+}
+
+
+def _schema(columns: tuple[str, ...]) -> Any:
     import pyarrow as pa
 
-    types = {
-        "probability": pa.float64(),
-        "threshold": pa.float64(),
-        "model_version": pa.int64(),
-        "image_width": pa.int64(),
-        "image_height": pa.int64(),
-    }
-    return pa.schema([(c, types.get(c, pa.string())) for c in RESULT_COLUMNS])
+    return pa.schema([(c, getattr(pa, _PARQUET_TYPES.get(c, "string"))()) for c in columns])
+
+
+def parquet_schema() -> Any:
+    """The pyarrow schema of the results Parquet files (slide fields nullable, null for patches)."""
+    return _schema(ALL_RESULT_COLUMNS)
+
+
+def tile_parquet_schema() -> Any:
+    """The pyarrow schema of the tile rows' Parquet files (columns of ``TileRow``)."""
+    return _schema(TILE_COLUMNS)

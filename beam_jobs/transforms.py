@@ -199,7 +199,7 @@ class WriteResults(beam.PTransform):
         if "parquet" in self.formats:
             written.append(
                 rows
-                | "ResultsToDicts" >> beam.Map(ResultRow.to_dict)
+                | "ResultsToDicts" >> beam.Map(ResultRow.to_columns)
                 | "WriteResultsParquet"
                 >> beam.io.WriteToParquet(
                     self.prefix,

@@ -207,21 +207,6 @@ def plan_tiles(
     level = 0 if assumed else geometry.best_level_for_downsample(factor)
     down = geometry.level_downsamples[level]
     read_w, read_h = max(1, round(tile_w / down)), max(1, round(tile_h / down))
-    tiles = tuple(
-        TileRegion(
-            x=x,
-            y=y,
-            width=tile_w,
-            height=tile_h,
-            level=level,
-            read_width=read_w,
-            read_height=read_h,
-            out_width=scale.width,
-            out_height=scale.height,
-        )
-        for y in _origins(height, tile_h, stride_y)
-        for x in _origins(width, tile_w, stride_x)
-    )
     if assumed:
         missing = "the model" if scale.mpp is None else "the slide"
         words = f"assumed: {scale.width}x{scale.height} level-0 px per tile ({missing} has no mpp)"
@@ -230,17 +215,16 @@ def plan_tiles(
             f"{scale.mpp:.3f} mpp: level {level} (x{down:g}), "
             f"{read_w}x{read_h} px read per tile, resampled to {scale.width}x{scale.height}"
         )
-    return TilePlan(
-        geometry=geometry,
+    return _grid(
+        geometry,
         mode=MODE_TILED,
-        tiles=tiles,
-        tile_width=tile_w,
-        tile_height=tile_h,
-        stride_x=stride_x,
-        stride_y=stride_y,
+        tile=(tile_w, tile_h),
+        stride=(stride_x, stride_y),
         level=level,
-        scale_assumed=assumed,
-        scale=words,
+        read=(read_w, read_h),
+        out=(scale.width, scale.height),
+        assumed=assumed,
+        words=words,
     )
 
 
@@ -272,27 +256,61 @@ def read_tiles(slide: Slide, regions: list[TileRegion] | tuple[TileRegion, ...])
 
 
 def _whole(geometry: SlideGeometry, words: str, assumed: bool, warns: tuple[str, ...]) -> TilePlan:
-    width, height = geometry.dimensions
-    region = TileRegion(
-        x=0,
-        y=0,
-        width=width,
-        height=height,
+    """The whole-input plan: a grid of one tile, the input itself, read as it is."""
+    size = geometry.dimensions
+    return _grid(
+        geometry,
+        mode=MODE_WHOLE,
+        tile=size,
+        stride=size,
         level=0,
-        read_width=width,
-        read_height=height,
-        out_width=width,
-        out_height=height,
+        read=size,
+        out=size,
+        assumed=assumed,
+        words=words,
+        warns=warns,
+    )
+
+
+def _grid(
+    geometry: SlideGeometry,
+    *,
+    mode: str,
+    tile: tuple[int, int],
+    stride: tuple[int, int],
+    level: int,
+    read: tuple[int, int],
+    out: tuple[int, int],
+    assumed: bool,
+    words: str,
+    warns: tuple[str, ...] = (),
+) -> TilePlan:
+    """A plan whose tiles cover the input on a grid, in row-major order."""
+    width, height = geometry.dimensions
+    tiles = tuple(
+        TileRegion(
+            x=x,
+            y=y,
+            width=tile[0],
+            height=tile[1],
+            level=level,
+            read_width=read[0],
+            read_height=read[1],
+            out_width=out[0],
+            out_height=out[1],
+        )
+        for y in _origins(height, tile[1], stride[1])
+        for x in _origins(width, tile[0], stride[0])
     )
     return TilePlan(
         geometry=geometry,
-        mode=MODE_WHOLE,
-        tiles=(region,),
-        tile_width=width,
-        tile_height=height,
-        stride_x=width,
-        stride_y=height,
-        level=0,
+        mode=mode,
+        tiles=tiles,
+        tile_width=tile[0],
+        tile_height=tile[1],
+        stride_x=stride[0],
+        stride_y=stride[1],
+        level=level,
         scale_assumed=assumed,
         scale=words,
         warnings=warns,
@@ -325,6 +343,8 @@ class SlideSummary:
     """
 
     tiles_scored: int
+    tissue_tiles: int  # tiles the tissue mask kept (those to score)
+    grid_tiles: int  # tiles of the full grid, glass included
     positive_fraction: float  # share of scored tiles at or over the threshold
     max_probability: float
     top_k_mean: float
@@ -368,8 +388,11 @@ def summarise_tiles(
     n = int(probs.size)
     k = min(top_k, n)
     top = float(probs[:k].mean()) if n else 0.0
+    cols, rows = plan.grid
     return SlideSummary(
         tiles_scored=n,
+        tissue_tiles=len(plan.tiles),
+        grid_tiles=cols * rows,
         positive_fraction=round(float((probs >= threshold).mean()), 6) if n else 0.0,
         max_probability=float(probs[0]) if n else 0.0,
         top_k_mean=top,

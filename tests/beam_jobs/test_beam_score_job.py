@@ -11,7 +11,7 @@ import pytest
 
 from beam_jobs import files, score
 from histo_common import storage
-from histo_common.results import ERROR_COLUMNS, RESULT_COLUMNS, ResultRow
+from histo_common.results import ALL_RESULT_COLUMNS, ERROR_COLUMNS, ResultRow
 
 
 def _rows(pattern: str) -> list[dict]:
@@ -76,7 +76,7 @@ def test_csv_and_parquet_hold_the_same_rows(scored_run) -> None:  # type: ignore
     for uri in files.list_files(f"{out}/results/*.csv"):
         with open(uri, newline="") as fh:
             reader = csv.DictReader(fh)
-            assert tuple(reader.fieldnames) == RESULT_COLUMNS
+            assert tuple(reader.fieldnames) == ALL_RESULT_COLUMNS
             csv_rows.extend(reader)
     assert {r["uri"] for r in csv_rows} == set(jsonl)
     tables = [pq.read_table(uri) for uri in files.list_files(f"{out}/results/*.parquet")]

@@ -11,7 +11,7 @@ import pytest
 from beam_jobs import files, stages, summary
 from beam_jobs.config import ConfigError, EvaluateConfig, ScoreConfig, ScoringOptions
 from histo_common.layout import RunModel, Summary
-from histo_common.results import RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
+from histo_common.results import ALL_RESULT_COLUMNS, ErrorRow, Prediction, ResultRow
 from model_export.identity import ModelIdentity
 from model_export.scoring import ScoreOutcome
 
@@ -82,7 +82,8 @@ def test_csv_line_quotes_and_matches_header() -> None:
     )
     text = stages.csv_header() + "\n" + stages.csv_line(row) + "\n"
     (parsed,) = list(csv.DictReader(io.StringIO(text)))
-    assert tuple(parsed) == RESULT_COLUMNS
+    assert tuple(parsed) == ALL_RESULT_COLUMNS
+    assert parsed["tiles_scored"] == ""  # a patch has no slide fields
     assert parsed["uri"] == "/data/a,b.png"
     assert float(parsed["probability"]) == 0.5
 
