@@ -6,6 +6,14 @@ event id) and the settings, and either writes ``<name>.gradcam.png`` plus
 file that can never be scored, or skips with a reason. It returns an
 :class:`Outcome`; the handlers in ``main`` only translate events and requests.
 
+An upload larger than the tiling rule scores whole (a field of view, a pyramidal
+TIFF, an ``.svs``/``.ndpi``/``.scn`` slide) is tiled (``functions.slide_screening``):
+``<name>.heatmap.png``, the Grad-CAM of its most suspicious tile as
+``<name>.gradcam.png`` and ``<name>.prediction.json`` with the slide fields; one
+with more tiles than fit in the timeout gets an ``.error.json`` with the Beam
+command that scores it. Each outcome's log line has ``stages_ms``: where the
+event's time went.
+
 Delivery is at least once, so every decision is idempotent: outputs record the
 source object's generation (in the JSON, and as ``source-generation`` metadata on
 GCS) and are written with generation preconditions; a repeated event for a
@@ -17,7 +25,6 @@ so the platform retries; bad files never raise.
 from __future__ import annotations
 
 import base64
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -26,12 +33,23 @@ from enum import StrEnum
 from typing import Any
 
 from functions.logs import StageClock, log_context
+from functions.outputs import Priors, json_bytes, read_prior, write_output, write_unseen
 from functions.settings import FunctionSettings
+from functions.slide_screening import (
+    SlideRefused,
+    is_multi_file_name,
+    is_slide_name,
+    is_tiff_name,
+    multi_file_reason,
+    needs_tiling,
+    score_slide,
+    too_large_reason,
+)
 from histo_common import DISCLAIMER, bucket_events, storage
 from histo_common.bucket_events import is_own_output
 from histo_common.errors import one_line
 from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
-from histo_common.layout import error_sibling, gradcam_sibling, prediction_sibling
+from histo_common.layout import error_sibling, gradcam_sibling, heatmap_sibling, prediction_sibling
 from histo_common.overlay import encode_overlay_png, load_rgb, overlay_picture
 from histo_common.results import ErrorRow, ResultRow, prediction_document
 from model_export import contract
@@ -40,7 +58,6 @@ from model_export.scoring import score_batch
 
 logger = logging.getLogger(__name__)
 
-GENERATION_METADATA_KEY = "source-generation"
 FINALIZED_EVENT_TYPE = "google.cloud.storage.object.v1.finalized"
 
 _RACE_LOST = "another delivery of this event wrote the outputs first"
@@ -82,29 +99,6 @@ class ScoredImage:
     model_uri: str
 
 
-@dataclass(frozen=True)
-class _PriorOutput:
-    """An output already beside the image, from this or an earlier generation."""
-
-    uri: str
-    object_generation: int | None
-    source_generation: int | None
-
-
-@dataclass(frozen=True)
-class _Priors:
-    """The outputs found beside an object before it is screened."""
-
-    prediction: _PriorOutput | None
-    error: _PriorOutput | None
-
-    @property
-    def recorded_generation(self) -> int:
-        """The source generation the existing outputs were made from (0: none)."""
-        found = [p.source_generation or 0 for p in (self.prediction, self.error) if p]
-        return max(found, default=0)
-
-
 # --------------------------------------------------------------------- names
 
 
@@ -129,12 +123,21 @@ error_uri = error_sibling
 
 
 def skip_reason(name: str) -> str | None:
-    """Why an object is not ours to score by its name alone, or None when it is."""
+    """Why an object is not ours to score by its name alone, or None when it is.
+
+    Images and whole-slide files are ours (multi-file slides too, to say why they
+    are not scored here); the members of a DICOM series are not, one by one.
+    """
     if is_own_output(name):
         return "an output of this function"
-    if not has_image_suffix(name):
-        return "not an image by its name"
+    if not (has_image_suffix(name) or is_slide_name(name) or is_multi_file_name(name)):
+        return "not an image or a slide by its name"
     return None
+
+
+def wants_upload(name: str) -> bool:
+    """The watcher's filter: what :func:`skip_reason` takes, hidden files excepted."""
+    return not name.rsplit("/", 1)[-1].startswith(".") and skip_reason(name) is None
 
 
 # ------------------------------------------------------------------- scoring
@@ -312,21 +315,23 @@ def _screen(
     gen = int(generation or 0)
 
     with clock.stage("storage"):
-        priors = _Priors(_prior(prediction_uri(uri)), _prior(error_uri(uri)))
+        priors = Priors(read_prior(prediction_uri(uri)), read_prior(error_uri(uri)))
     recorded = priors.recorded_generation
     if recorded == gen:
         return Outcome(Status.DUPLICATE, uri, f"generation {gen} was already screened")
     if recorded > gen:
         return Outcome(Status.STALE, uri, f"outputs exist for newer generation {recorded}")
 
+    job = _Job(uri, gen, event_id, priors)
+    if is_multi_file_name(name):
+        return _write_error(job, multi_file_reason(uri, settings), "check")
+    if is_slide_name(name) or (is_tiff_name(name) and current.size > settings.max_image_bytes):
+        return _screen_slide(job, current.size, settings, load_model, clock)
     if current.size > settings.max_image_bytes:
         return _write_error(
-            uri,
+            job,
             f"file is {current.size:,} bytes, over the limit of {settings.max_image_bytes:,}",
             "check",
-            event_id,
-            gen,
-            priors,
         )
     with clock.stage("read"):
         try:
@@ -335,141 +340,135 @@ def _screen(
             return Outcome(Status.SKIPPED, uri, "the object no longer exists")
     with clock.stage("model"):
         model = load_model()
+    if needs_tiling(data, uri, model):
+        return _screen_slide(job, current.size, settings, load_model, clock)
     try:
         scored = score_image(data, uri, model, settings, clock)
     except ImageError as exc:
         stage = "score" if isinstance(exc, UndecodableImage) else "check"
-        return _write_error(uri, str(exc), stage, event_id, gen, priors)
+        return _write_error(job, str(exc), stage)
 
     overlay_at = gradcam_uri(uri)
     with clock.stage("json"):
-        body = _json_bytes(
+        body = json_bytes(
             event_prediction_document(
                 scored, event_id=event_id, generation=gen, overlay_uri=overlay_at
             )
         )
     with clock.stage("storage"):
-        try:
-            # The overlay first, the prediction last: prediction.json marks the work done.
-            _write_unseen(
-                overlay_at,
-                scored.overlay_png,
-                "image/png",
-                gen,
-                event_id,
-                likely_absent=priors.prediction is None,
-            )
-            _write(
-                prediction_uri(uri),
-                body,
-                "application/json",
-                gen,
-                event_id,
-                seen=priors.prediction.object_generation if priors.prediction else None,
-            )
-        except storage.PreconditionFailed:
-            return Outcome(Status.DUPLICATE, uri, _RACE_LOST)
-        if priors.error is not None:  # from an earlier, bad generation
-            storage.delete(error_uri(uri), missing_ok=True)
-    return Outcome(
-        Status.SCORED,
-        uri,
-        f"{scored.row.label} p={scored.row.probability:.3f}",
-        (overlay_at, prediction_uri(uri)),
-    )
+        return _write_outputs(
+            job,
+            f"{scored.row.label} p={scored.row.probability:.3f}",
+            [(overlay_at, scored.overlay_png, "image/png")],
+            body,
+        )
 
 
-def _write_error(
-    uri: str, reason: str, stage: str, event_id: str, generation: int, priors: _Priors
+@dataclass(frozen=True)
+class _Job:
+    """One generation of one object being screened, and what was beside it."""
+
+    uri: str
+    generation: int
+    event_id: str
+    priors: Priors
+
+
+def _screen_slide(
+    job: _Job,
+    size: int,
+    settings: FunctionSettings,
+    load_model: ModelProvider,
+    clock: StageClock,
 ) -> Outcome:
-    doc = event_error_document(uri, reason, stage, event_id=event_id, generation=generation)
+    """A slide or a large field of view: tiled, with a heatmap and the top tile's Grad-CAM."""
+    if size > settings.max_slide_bytes:
+        return _write_error(job, too_large_reason(job.uri, size, settings), "check")
+    with clock.stage("model"):
+        model = load_model()
     try:
-        _write(
-            error_uri(uri),
-            _json_bytes(doc),
+        scored = score_slide(job.uri, model, settings, clock)
+    except SlideRefused as exc:
+        return _write_error(job, exc.reason, exc.stage)
+    pictures = []
+    extra: dict[str, Any] = {}
+    if scored.heatmap_png is not None:
+        pictures.append((heatmap_sibling(job.uri), scored.heatmap_png, "image/png"))
+        extra["heatmap_uri"] = heatmap_sibling(job.uri)
+    if scored.overlay_png is not None:
+        pictures.append((gradcam_uri(job.uri), scored.overlay_png, "image/png"))
+        extra["gradcam_uri"] = gradcam_uri(job.uri)
+    doc = prediction_document(
+        scored.row,
+        event_id=job.event_id,
+        source_generation=job.generation,
+        **extra,
+        **scored.document,
+        model_uri=model.uri,
+    )
+    row = scored.row
+    summary = (
+        f"{row.label} p={row.probability:.3f} over {row.tiles_scored} tiles"
+        if row.is_tiled
+        else f"{row.label} p={row.probability:.3f}"
+    )
+    with clock.stage("storage"):
+        outcome = _write_outputs(job, summary, pictures, json_bytes(doc))
+        if outcome.status is Status.SCORED and scored.overlay_png is None:
+            storage.delete(gradcam_uri(job.uri), missing_ok=True)  # an earlier generation's
+    return outcome
+
+
+def _write_outputs(
+    job: _Job, summary: str, pictures: list[tuple[str, bytes, str]], prediction: bytes
+) -> Outcome:
+    """Write the pictures, then ``prediction.json`` (it marks the work done); clear old errors."""
+    written = []
+    try:
+        for uri, data, content_type in pictures:
+            write_unseen(
+                uri,
+                data,
+                content_type,
+                job.generation,
+                job.event_id,
+                likely_absent=job.priors.prediction is None,
+            )
+            written.append(uri)
+        write_output(
+            prediction_uri(job.uri),
+            prediction,
             "application/json",
-            generation,
-            event_id,
-            seen=priors.error.object_generation if priors.error else None,
+            job.generation,
+            job.event_id,
+            seen=job.priors.prediction_seen,
         )
     except storage.PreconditionFailed:
-        return Outcome(Status.DUPLICATE, uri, _RACE_LOST)
-    # Outputs of an earlier, good generation would now describe a different file.
-    storage.delete(prediction_uri(uri), missing_ok=True)
-    storage.delete(gradcam_uri(uri), missing_ok=True)
-    return Outcome(Status.ERROR, uri, reason, (error_uri(uri),))
+        return Outcome(Status.DUPLICATE, job.uri, _RACE_LOST)
+    if job.priors.error is not None:  # from an earlier, bad generation
+        storage.delete(error_uri(job.uri), missing_ok=True)
+    return Outcome(Status.SCORED, job.uri, summary, (*written, prediction_uri(job.uri)))
 
 
-def _prior(uri: str) -> _PriorOutput | None:
-    """What an existing output says about the generation it was made from."""
-    try:
-        info = storage.stat(uri)
-    except storage.ObjectNotFound:
-        return None
-    source = info.metadata.get(GENERATION_METADATA_KEY)
-    if source is None:  # local files carry no metadata: read the document
-        try:
-            source = json.loads(storage.read_text(uri)).get("source_generation")
-        except storage.ObjectNotFound:
-            return None
-        except (ValueError, AttributeError):
-            source = None  # unreadable: treat as older, so it gets rewritten
-    try:
-        source_generation = int(source) if source is not None else None
-    except (TypeError, ValueError):
-        source_generation = None
-    return _PriorOutput(uri, info.generation, source_generation)
-
-
-def _write(
-    uri: str, data: bytes, content_type: str, generation: int, event_id: str, *, seen: int | None
-) -> None:
-    """Write an output over the version seen: create-only when ``seen`` is None (absent).
-
-    Raises:
-        storage.PreconditionFailed: the output changed since it was seen (another
-            delivery of the event got there first).
-    """
-    storage.write_bytes(
-        uri,
-        data,
-        content_type=content_type,
-        metadata={GENERATION_METADATA_KEY: str(generation), "event-id": event_id},
-        if_generation_match=seen if seen else 0,
+def _write_error(job: _Job, reason: str, stage: str) -> Outcome:
+    doc = event_error_document(
+        job.uri, reason, stage, event_id=job.event_id, generation=job.generation
     )
-
-
-def _write_unseen(
-    uri: str,
-    data: bytes,
-    content_type: str,
-    generation: int,
-    event_id: str,
-    *,
-    likely_absent: bool,
-) -> None:
-    """Write an output whose current version was not looked up yet.
-
-    For a first upload (no prediction beside it) the overlay is almost never there,
-    so it is written create-only straight away, saving a look-up per event; only
-    if that fails (an interrupted earlier delivery left one) is the version looked
-    up and written over, as it is at once when a prediction exists.
-    """
-    if likely_absent:
-        try:
-            _write(uri, data, content_type, generation, event_id, seen=None)
-            return
-        except storage.PreconditionFailed:
-            pass
     try:
-        seen = storage.stat(uri).generation
-    except storage.ObjectNotFound:
-        seen = None
-    _write(uri, data, content_type, generation, event_id, seen=seen)
-
-
-def _json_bytes(doc: dict[str, Any]) -> bytes:
-    return (json.dumps(doc, indent=2) + "\n").encode("utf-8")
+        write_output(
+            error_uri(job.uri),
+            json_bytes(doc),
+            "application/json",
+            job.generation,
+            job.event_id,
+            seen=job.priors.error_seen,
+        )
+    except storage.PreconditionFailed:
+        return Outcome(Status.DUPLICATE, job.uri, _RACE_LOST)
+    # Outputs of an earlier, good generation would now describe a different file.
+    for output in (prediction_uri(job.uri), gradcam_uri(job.uri), heatmap_sibling(job.uri)):
+        storage.delete(output, missing_ok=True)
+    return Outcome(Status.ERROR, job.uri, reason, (error_uri(job.uri),))
 
 
 def _log(outcome: Outcome, **fields: Any) -> Outcome:

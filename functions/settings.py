@@ -2,10 +2,21 @@
 
 Terraform (``infra/function.tf``) sets ``MODEL_URI``, ``MAX_IMAGE_PIXELS`` and
 ``LOG_LEVEL``; the local watcher sets the same names plus ``LOCAL_BUCKET_ROOT``.
+
+Slides and large fields of view are tiled within the function's timeout
+(``FUNCTION_TIMEOUT_SECONDS``, the same number as Terraform's
+``function_timeout_seconds``). How many tiles fit is the timeout times a measured
+rate (``SLIDE_TILES_PER_SECOND``: tiles read and scored per second on the
+deployed instance, e.g. from ``bench/bench_tiles.py``) times
+:data:`TILE_TIME_SHARE`; a rate rather than a fixed tile count, so the limit
+follows the timeout when Terraform changes it, and the one figure to measure is a
+property of the model and the instance size. Larger slides get an
+``.error.json`` with the Beam command that scores them.
 """
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -14,6 +25,16 @@ from histo_common import storage
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+DEFAULT_TIMEOUT_SECONDS = 120  # infra/variables.tf function_timeout_seconds
+# Tiles read and scored per second on one function instance. bench/bench_tiles.py
+# measured 440/s for the untrained 64 px custom CNN on 2 shared cores; a trained,
+# larger model on 1 vCPU is slower, so the default is well under that.
+DEFAULT_SLIDE_TILES_PER_SECOND = 100.0
+# The share of the timeout spent reading and scoring tiles; the rest is for the
+# download, the tissue mask, the heatmap, the Grad-CAM of the top tile and writing.
+TILE_TIME_SHARE = 0.5
+# Slides are downloaded to the instance's in-memory /tmp: keep them well under its memory.
+DEFAULT_MAX_SLIDE_BYTES = 1024 * 1024 * 1024
 
 
 class ConfigError(ValueError):
@@ -32,6 +53,12 @@ class FunctionSettings:
         log_level: the root logging level.
         local_bucket_root: when set, bucket ``b`` of an event is the local folder
             ``<local_bucket_root>/b`` (the embedded default); unset means ``gs://b``.
+        timeout_s: the function's timeout in seconds (what Terraform deploys it with).
+        slide_tiles_per_second: tiles one instance reads and scores per second.
+        max_slide_bytes: slides larger than this are not downloaded (Beam scores them).
+        slide_output_uri: where the Beam command suggested for a slide too large
+            for the function writes (``<slide_output_uri>/<object name>``); unset:
+            ``<slide URI>.scoring`` beside the slide.
     """
 
     model_uri: str
@@ -39,6 +66,15 @@ class FunctionSettings:
     max_image_bytes: int = DEFAULT_MAX_BYTES
     log_level: str = "INFO"
     local_bucket_root: str | None = None
+    timeout_s: int = DEFAULT_TIMEOUT_SECONDS
+    slide_tiles_per_second: float = DEFAULT_SLIDE_TILES_PER_SECOND
+    max_slide_bytes: int = DEFAULT_MAX_SLIDE_BYTES
+    slide_output_uri: str | None = None
+
+    @property
+    def max_slide_tiles(self) -> int:
+        """The most tissue tiles one event may score: timeout x rate x the tile share."""
+        return max(1, int(self.timeout_s * self.slide_tiles_per_second * TILE_TIME_SHARE))
 
     def __post_init__(self) -> None:
         if not self.model_uri.strip():
@@ -57,6 +93,14 @@ class FunctionSettings:
         root = self.local_bucket_root
         if root is not None and (storage.is_gcs(root) or not os.path.isabs(root)):
             raise ConfigError(f"LOCAL_BUCKET_ROOT must be an absolute local folder, got {root!r}")
+        if self.timeout_s <= 0:
+            raise ConfigError(f"FUNCTION_TIMEOUT_SECONDS must be > 0, got {self.timeout_s}")
+        if not self.slide_tiles_per_second > 0:
+            raise ConfigError(
+                f"SLIDE_TILES_PER_SECOND must be > 0, got {self.slide_tiles_per_second}"
+            )
+        if self.max_slide_bytes <= 0:
+            raise ConfigError(f"MAX_SLIDE_BYTES must be > 0, got {self.max_slide_bytes}")
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> FunctionSettings:
@@ -71,6 +115,12 @@ class FunctionSettings:
             max_image_bytes=_positive_int(env, "MAX_IMAGE_BYTES", DEFAULT_MAX_BYTES),
             log_level=env.get("LOG_LEVEL", "INFO").strip().upper() or "INFO",
             local_bucket_root=env.get("LOCAL_BUCKET_ROOT") or None,
+            timeout_s=_positive_int(env, "FUNCTION_TIMEOUT_SECONDS", DEFAULT_TIMEOUT_SECONDS),
+            slide_tiles_per_second=_positive_float(
+                env, "SLIDE_TILES_PER_SECOND", DEFAULT_SLIDE_TILES_PER_SECOND
+            ),
+            max_slide_bytes=_positive_int(env, "MAX_SLIDE_BYTES", DEFAULT_MAX_SLIDE_BYTES),
+            slide_output_uri=env.get("SLIDE_OUTPUT_URI", "").strip().rstrip("/") or None,
         )
 
 
@@ -84,4 +134,17 @@ def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
         raise ConfigError(f"{name} must be a whole number > 0, got {raw!r}") from exc
     if value <= 0:
         raise ConfigError(f"{name} must be a whole number > 0, got {raw!r}")
+    return value
+
+
+def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw.replace("_", ""))
+    except ValueError as exc:
+        raise ConfigError(f"{name} must be a number > 0, got {raw!r}") from exc
+    if not (value > 0 and math.isfinite(value)):
+        raise ConfigError(f"{name} must be a number > 0, got {raw!r}")
     return value

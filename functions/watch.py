@@ -3,7 +3,8 @@
 ``python -m functions.watch --bucket buckets/uploads --model buckets/models/histo-cnn``
 starts the real ``on_upload`` under functions-framework on 127.0.0.1, then polls
 the bucket (a local folder, or a ``gs://`` bucket in the storage emulator) and,
-for each new or changed image, POSTs a binary-mode
+for each new or changed image or slide (what the function would be sent:
+``functions.screening.wants_upload``), POSTs a binary-mode
 ``google.cloud.storage.object.v1.finalized`` CloudEvent shaped like the ones
 Cloud Storage sends. Outputs appear beside the image within a few seconds.
 
@@ -34,7 +35,13 @@ from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING
 
-from functions.screening import FINALIZED_EVENT_TYPE, error_uri, gradcam_uri, prediction_uri
+from functions.screening import (
+    FINALIZED_EVENT_TYPE,
+    error_uri,
+    gradcam_uri,
+    prediction_uri,
+    wants_upload,
+)
 from histo_common import storage
 from histo_common.bucket_events import (
     BucketScanner,
@@ -42,6 +49,7 @@ from histo_common.bucket_events import (
     object_resource,
     watched_bucket,
 )
+from histo_common.layout import heatmap_sibling
 
 if TYPE_CHECKING:
     from cloudevents.http import CloudEvent
@@ -180,7 +188,7 @@ def deliver(url: str, event: CloudEvent) -> bool:
 
 def result_paths(uri: str) -> list[str]:
     """The outputs that exist beside ``uri`` now."""
-    candidates = (gradcam_uri(uri), prediction_uri(uri), error_uri(uri))
+    candidates = (heatmap_sibling(uri), gradcam_uri(uri), prediction_uri(uri), error_uri(uri))
     return [out for out in candidates if storage.exists(out)]
 
 
@@ -189,7 +197,7 @@ class Watcher:
 
     def __init__(self, bucket: WatchedBucket, url: str, *, settle: bool) -> None:
         self.url = url
-        self._scanner = BucketScanner(bucket, self._deliver, settle=settle)
+        self._scanner = BucketScanner(bucket, self._deliver, settle=settle, wants=wants_upload)
 
     def _deliver(self, name: str, info: storage.ObjectInfo) -> bool:
         return deliver(self.url, finalized_event(self._scanner.bucket.name, name, info))

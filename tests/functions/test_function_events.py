@@ -180,7 +180,7 @@ def test_own_outputs_and_non_images_are_skipped_with_one_log_line(
 BAD_FILES = {
     "empty.png": (b"", "empty file"),
     "text.png": (b"hello, this is not a picture\n", "not an image"),
-    "huge.png": (huge_png_header(), "pixels, over the limit"),
+    "huge.png": (huge_png_header(), "over the limit of 25,000,000"),
     "bomb.png": (huge_png_header(100_000, 100_000), "too large to decode safely"),
     "junk.jpg": (b"\xff\xd8\xff\xe0" + b"\x00" * 40, "JPEG"),
 }
