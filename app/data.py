@@ -12,6 +12,9 @@ Every file name comes from :class:`histo_common.layout.RunLayout`:
   the same rows as CSV and Parquet; reading those too would count every image
   twice), the typed ``summary.json`` and the overlays it locates
   (``gradcam/<path under Summary.base>.gradcam.png``; never guessed from names);
+  for tiled inputs (rows with the slide fields) the heatmaps it locates the same
+  way (``heatmaps/<path under Summary.base>.heatmap.png``) and, read only when a
+  slide is looked at, its tile rows (``tiles/*.jsonl``);
 - evaluation run: the typed ``metrics.json`` (metrics with confidence intervals
   and relative plot paths) and ``report.html``;
 - training history ``<run_uri>/history.csv`` (Keras ``CSVLogger``).
@@ -32,7 +35,7 @@ import pandas as pd
 from histo_common import layout, storage
 from histo_common.images import has_image_suffix
 from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
-from histo_common.results import ERROR_COLUMNS, RESULT_COLUMNS
+from histo_common.results import ERROR_COLUMNS, RESULT_COLUMNS, TILE_COLUMNS
 from model_export.contract import ModelMetadata
 
 logger = logging.getLogger(__name__)
@@ -81,6 +84,7 @@ class ScoringRun:
     gradcam_uris: tuple[str, ...] = ()
     skipped_lines: int = 0  # lines in the row files that were not JSON objects
     summary_problem: str | None = None  # why summary.json could not be read, if it could not
+    heatmap_uris: tuple[str, ...] = ()
 
     def saved_gradcam(self, image_uri: str) -> str | None:
         """The overlay the run saved for ``image_uri``, located by the layout, if it exists.
@@ -92,6 +96,39 @@ class ScoringRun:
             return None
         uri = RunLayout(self.uri).gradcam(image_uri, self.summary.base)
         return uri if uri in self.gradcam_uris else None
+
+    def saved_heatmap(self, input_uri: str) -> str | None:
+        """The heatmap the run saved for a tiled input, located by the layout, if it exists."""
+        if self.summary is None:
+            return None
+        uri = RunLayout(self.uri).heatmap(input_uri, self.summary.base)
+        return uri if uri in self.heatmap_uris else None
+
+
+def is_tiled_row(row: pd.Series | dict[str, Any]) -> bool:
+    """True for a result row of a tiled input (its slide fields are filled in)."""
+    value = row.get("tiles_scored")
+    return value is not None and not pd.isna(value)
+
+
+def slide_rows(results: pd.DataFrame) -> pd.DataFrame:
+    """The result rows of tiled inputs (an empty frame when the run tiled nothing)."""
+    if "tiles_scored" not in results.columns:
+        return results.iloc[0:0]
+    return results[results["tiles_scored"].notna()].reset_index(drop=True)
+
+
+def load_tiles(run_uri: str, input_uri: str) -> pd.DataFrame:
+    """The tile rows one input got in a run, most suspicious first (empty when none).
+
+    Tile rows can be many, so they are read when one input is looked at, not with
+    the run.
+    """
+    files = storage.list_uris(RunLayout(run_uri).tiles_pattern)
+    tiles, _ = load_rows(files, TILE_COLUMNS)
+    tiles = tiles[tiles["uri"] == input_uri]
+    tiles = tiles.assign(probability=pd.to_numeric(tiles["probability"], errors="coerce"))
+    return tiles.sort_values("probability", ascending=False).reset_index(drop=True)
 
 
 def _run_folder(relative: str) -> str | None:
@@ -202,6 +239,11 @@ def load_scoring_run(run_uri: str) -> ScoringRun:
     gradcams = tuple(
         uri for uri in storage.list_uris(run.gradcam_dir) if uri.endswith(layout.GRADCAM_SUFFIX)
     )
+    heatmaps = tuple(
+        uri
+        for uri in storage.list_uris(layout.join(run.output, RunLayout.HEATMAPS))
+        if uri.endswith(layout.HEATMAP_SUFFIX)
+    )
     return ScoringRun(
         uri=run.output,
         results=results,
@@ -210,6 +252,7 @@ def load_scoring_run(run_uri: str) -> ScoringRun:
         gradcam_uris=gradcams,
         skipped_lines=bad_results + bad_errors,
         summary_problem=problem,
+        heatmap_uris=heatmaps,
     )
 
 

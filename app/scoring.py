@@ -8,22 +8,38 @@ function (and error policy) the function and the bulk job use too: an image the
 model refuses fails alone, with its reason; a model that fails is an error for
 the page, not a verdict on the images. Drawing uses ``histo_common.overlay`` so
 overlays look the same everywhere.
+
+An upload larger than the tiling rule scores whole (a field of view, a pyramidal
+TIFF, an ``.svs``/``.ndpi``/``.scn`` slide) is scored like everywhere else, by the
+shared slide scorer (:mod:`model_export.slide_scoring`): it becomes a
+:class:`ScoredSlide` with its row's slide fields, the heatmap of its tile
+probabilities over its thumbnail and Grad-CAM of its most suspicious tiles.
 """
 
 from __future__ import annotations
 
 import logging
+import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Protocol
 
 import numpy as np
 
-from histo_common import images, overlay
-from histo_common.results import Prediction
+from histo_common import images, overlay, storage
+from histo_common.results import Prediction, ResultRow
+from histo_common.slides import WSI_SUFFIXES, SlideError, open_slide
 from model_export import contract
 from model_export.identity import ModelIdentity
 from model_export.scoring import score_batch
+from model_export.slide_scoring import (
+    SlideSettings,
+    TileExplanation,
+    explain_tiles,
+    plan_input,
+    score_input,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +82,22 @@ class FailedImage:
     reason: str
 
 
-Outcome = ScoredImage | FailedImage
+@dataclass(frozen=True)
+class ScoredSlide:
+    """A tiled input (slide or large field of view) scored tile by tile."""
+
+    name: str
+    row: ResultRow  # with the slide fields
+    heatmap_png: bytes  # tile probabilities over the thumbnail, with legend
+    top_tiles: tuple[TileExplanation, ...]  # the most suspicious tiles, with Grad-CAM
+    vendor: str  # the reader's format name (``generic-tiff``, ``aperio``, ``pillow-PNG``...)
+    warnings: tuple[str, ...]
+    positive_class: str
+
+
+Outcome = ScoredImage | ScoredSlide | FailedImage
+
+TOP_TILES_SHOWN = 3
 
 
 def score_images(model: ScoringModel, items: Sequence[tuple[str, bytes]]) -> list[Outcome]:
@@ -85,6 +116,10 @@ def score_images(model: ScoringModel, items: Sequence[tuple[str, bytes]]) -> lis
     outcomes: dict[int, Outcome] = {}
     ready: list[tuple[int, bytes, images.ImageInfo]] = []
     for index, (name, data) in enumerate(items):
+        tiled = score_if_tiled(model, name, data)
+        if tiled is not None:
+            outcomes[index] = tiled
+            continue
         try:
             prepared, info = images.check_and_prepare(data)
         except images.ImageError as exc:
@@ -116,6 +151,66 @@ def score_images(model: ScoringModel, items: Sequence[tuple[str, bytes]]) -> lis
             positive_class=positive_class,
         )
     return [outcomes[i] for i in range(len(items))]
+
+
+def score_if_tiled(
+    model: ScoringModel, name: str, data: bytes, top: int = TOP_TILES_SHOWN
+) -> ScoredSlide | FailedImage | None:
+    """Score ``data`` tile by tile when the tiling rule says so; None when it is scored whole.
+
+    The bytes are written to a temporary file (the slide readers read files) named
+    like the upload, opened with the one slide opener and planned with the one
+    tiling rule. A plain image that cannot be opened is left to the patch checks,
+    which name what is wrong with it; a slide file that cannot be opened fails here.
+
+    Raises:
+        Exception: when the model itself fails (see ``model_export.scoring``).
+    """
+    settings = SlideSettings.from_metadata(model.metadata)
+    base = storage.basename(name.rstrip("/")) or "upload"
+    with tempfile.TemporaryDirectory(prefix="histoscreen-app-") as folder:
+        path = Path(folder) / base
+        path.write_bytes(data)
+        try:
+            slide = open_slide(str(path), max_pixels=settings.max_pixels)
+        except SlideError as exc:
+            if not base.lower().endswith(WSI_SUFFIXES):
+                return None
+            return FailedImage(name, str(exc).replace(str(path), base))
+        with slide:
+            try:
+                plan = plan_input(slide, settings)
+            except SlideError as exc:
+                return FailedImage(name, str(exc).replace(str(path), base))
+            if not plan.is_tiled:
+                return None
+            score = score_input(model, str(path), model.identity, settings, slide=slide)
+            if score.row is None or score.plan is None:
+                reason = (score.error or "could not be scored").replace(str(path), base)
+                return FailedImage(name, reason)
+            heatmap = score.heatmap_png()
+            explained = explain_tiles(model, slide, score.top_tiles(top), score.plan.tiles)
+    logger.info("Scored %s tile by tile: %s", name, score.row.label)
+    return ScoredSlide(
+        name=name,
+        row=replace(score.row, uri=name),
+        heatmap_png=heatmap,
+        top_tiles=tuple(replace(t, tile=replace(t.tile, uri=name)) for t in explained),
+        vendor=slide.geometry.vendor,
+        warnings=plan.warnings,
+        positive_class=model.metadata.positive_class,
+    )
+
+
+def slide_text(row: ResultRow, positive_class: str) -> str:
+    """One line a person reads about a tiled input: the slide rule's verdict and its basis."""
+    share = row.positive_fraction or 0.0
+    return (
+        f"Slide: {row.label} (mean p({positive_class}) of the top {row.top_k} tiles = "
+        f"{row.probability:.3f}, threshold {row.threshold:.3f}); {row.tiles_scored} tissue "
+        f"tiles scored of {row.grid_tiles}, {share:.1%} at or over the threshold, "
+        f"highest tile {row.max_probability or 0.0:.3f}"
+    )
 
 
 def overlay_png(scored: ScoredImage, opacity: float) -> bytes:

@@ -37,6 +37,23 @@ MODEL_TTL_S = 60  # how soon a newly exported version replaces the one in use
 DEFAULT_OPACITY = 0.45
 # Colours a run's rows without loading a model; the contract's positive class.
 RUN_POSITIVE_CLASS = contract.DEFAULT_POSITIVE_CLASS
+SLIDE_FIELDS_SHOWN = (
+    "label",
+    "probability",
+    "threshold",
+    "top_k",
+    "top_k_mean",
+    "max_probability",
+    "positive_fraction",
+    "tiles_scored",
+    "tissue_tiles",
+    "grid_tiles",
+    "image_width",
+    "image_height",
+    "scale",
+    "scale_assumed",
+)
+TILES_SHOWN = 50  # tile rows listed for one slide, most suspicious first
 
 Page = Callable[[AppConfig], None]
 
@@ -81,6 +98,11 @@ def _list_images(folder: str) -> list[str]:
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner="Reading the run…")
 def _load_scoring_run(run_uri: str) -> data.ScoringRun:
     return data.load_scoring_run(run_uri)
+
+
+@st.cache_data(ttl=LISTING_TTL_S, show_spinner="Reading the tile rows…")
+def _load_tiles(run_uri: str, input_uri: str) -> pd.DataFrame:
+    return data.load_tiles(run_uri, input_uri)
 
 
 @st.cache_data(ttl=LISTING_TTL_S, show_spinner=False)
@@ -154,6 +176,9 @@ def show_outcomes(
         if isinstance(outcome, scoring.FailedImage):
             st.error(f"{storage.basename(outcome.name)}: {outcome.reason}")
             continue
+        if isinstance(outcome, scoring.ScoredSlide):
+            show_scored_slide(outcome, opacity, section=f"{section}:{index}")
+            continue
         st.markdown(f"#### {storage.basename(outcome.name)}")
         truth = label_from_folder(outcome.name, class_names)
         if truth:
@@ -178,6 +203,70 @@ def show_outcomes(
         )
 
 
+def slide_fields_table(row: dict[str, Any]) -> pd.DataFrame:
+    """A tiled input's slide fields as a two-column table (field, value)."""
+    return pd.DataFrame(
+        {
+            "field": list(SLIDE_FIELDS_SHOWN),
+            "value": [_field_text(row.get(name)) for name in SLIDE_FIELDS_SHOWN],
+        }
+    )
+
+
+def _field_text(value: object) -> str:
+    """A field as a person reads it: counts read back from a table as floats show as counts."""
+    if value is None or (isinstance(value, float) and pd.isna(value)):
+        return ""
+    if isinstance(value, float) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return str(value)
+
+
+def show_scored_slide(slide: scoring.ScoredSlide, opacity: float, *, section: str) -> None:
+    """A tiled upload: verdict, heatmap over its thumbnail, slide fields, top tiles' Grad-CAM."""
+    name = storage.basename(slide.name)
+    st.markdown(f"#### {name}")
+    st.info(scoring.slide_text(slide.row, slide.positive_class))
+    for warning in slide.warnings:
+        st.warning(warning)
+    left, right = st.columns([3, 2])
+    left.image(
+        slide.heatmap_png,
+        caption=f"Tile probabilities over the thumbnail ({slide.vendor}); scale: {slide.row.scale}",
+    )
+    right.dataframe(
+        slide_fields_table(slide.row.to_dict()), hide_index=True, key=f"slide_fields:{section}"
+    )
+    stem = name.rsplit(".", 1)[0]
+    right.download_button(
+        "Download the heatmap",
+        slide.heatmap_png,
+        file_name=f"{stem}.heatmap.png",
+        mime="image/png",
+        key=f"download_heatmap:{section}",
+        on_click="ignore",
+    )
+    if not slide.top_tiles:
+        st.caption("No tissue tiles were scored, so there is no Grad-CAM to show.")
+        return
+    st.markdown(f"**The {len(slide.top_tiles)} most suspicious tiles, with Grad-CAM**")
+    for column, explained in zip(st.columns(len(slide.top_tiles)), slide.top_tiles, strict=True):
+        tile = explained.tile
+        column.image(
+            overlay.overlay_png(
+                explained.pixels,
+                explained.prediction,
+                explained.heatmap,
+                positive_class=slide.positive_class,
+                opacity=opacity,
+            ),
+            caption=(
+                f"tile at x={tile.x}, y={tile.y} ({tile.width}x{tile.height} level-0 px), "
+                f"p={tile.probability:.3f}"
+            ),
+        )
+
+
 # ------------------------------------------------------------------- pages
 
 
@@ -193,7 +282,8 @@ def page_analyse(config: AppConfig) -> None:
     upload_tab, sample_tab = st.tabs(["Upload images", "Try a sample"])
     with upload_tab:
         files = st.file_uploader(
-            "Histopathology patches (PNG, JPEG, BMP, GIF, TIFF or WebP)",
+            "Histopathology patches, fields of view or whole slides (PNG, JPEG, BMP, GIF, "
+            "TIFF, WebP; SVS, NDPI, SCN and pyramidal TIFF slides are tiled)",
             accept_multiple_files=True,
             key="uploads",
         )
@@ -255,8 +345,46 @@ def _result_filter(results: pd.DataFrame, run_uri: str) -> data.ResultFilter:
     )
 
 
+def _show_run_slide(run: data.ScoringRun, row: pd.Series, *, section: str) -> None:
+    """A tiled input of a run: its slide fields, saved heatmap and tile rows (never its pixels)."""
+    uri = str(row["uri"])
+    st.markdown(f"#### {storage.basename(uri)}")
+    st.caption(f"`{uri}`, scored by {row.get('model_name')} v{row.get('model_version')}")
+    fields = {name: row.get(name) for name in SLIDE_FIELDS_SHOWN}
+    left, right = st.columns([3, 2])
+    saved = run.saved_heatmap(uri)
+    if saved:
+        left.image(storage.read_bytes(saved), caption=f"Heatmap saved by the run: {saved}")
+    else:
+        left.caption("The run saved no heatmap for this input.")
+    right.dataframe(slide_fields_table(fields), hide_index=True, key=f"run_slide_fields:{section}")
+    overlay_uri = run.saved_gradcam(uri)
+    if overlay_uri:
+        right.image(
+            storage.read_bytes(overlay_uri), caption=f"Grad-CAM saved by the run: {overlay_uri}"
+        )
+    tiles = _load_tiles(run.uri, uri)
+    if tiles.empty:
+        st.caption("The run wrote no tile rows for this input.")
+        return
+    st.markdown(f"**Tile rows** ({len(tiles)}; the {min(len(tiles), TILES_SHOWN)} most suspicious)")
+    st.dataframe(
+        tiles.head(TILES_SHOWN),
+        hide_index=True,
+        key=f"run_slide_tiles:{section}",
+        column_config={
+            "probability": st.column_config.ProgressColumn(
+                "p(malignant)", min_value=0.0, max_value=1.0, format="%.3f"
+            )
+        },
+    )
+
+
 def _show_run_image(run: data.ScoringRun, row: pd.Series, config: AppConfig) -> None:
     """The selected row's image beside its overlay (saved by the run, or computed now)."""
+    if data.is_tiled_row(row):
+        _show_run_slide(run, row, section="results")
+        return
     uri = str(row["uri"])
     st.markdown(f"#### {storage.basename(uri)}")
     st.caption(f"`{uri}`, scored by {row.get('model_name')} v{row.get('model_version')}")
@@ -311,10 +439,12 @@ def page_scoring_runs(config: AppConfig) -> None:
     run_uri = st.selectbox("Run", runs, index=len(runs) - 1, key="scoring_run")
     run = _load_scoring_run(run_uri)
     results = run.results
-    counts = st.columns(4)
+    slides = data.slide_rows(results)
+    counts = st.columns(5)
     counts[0].metric("Images scored", len(results))
     counts[1].metric("Errors", len(run.errors))
-    for column, label in zip(counts[2:], sorted(results["label"].dropna().unique()), strict=False):
+    counts[2].metric("Slides (tiled)", len(slides))
+    for column, label in zip(counts[3:], sorted(results["label"].dropna().unique()), strict=False):
         column.metric(str(label), int((results["label"] == label).sum()))
     if run.skipped_lines:
         st.warning(f"{run.skipped_lines} line(s) in the row files were not JSON and were skipped.")
@@ -357,6 +487,22 @@ def page_scoring_runs(config: AppConfig) -> None:
     selected = [i for i in event.selection.rows if i < len(table)]
     if selected:
         _show_run_image(run, table.iloc[selected[0]], config)
+
+    if not slides.empty:
+        st.subheader("Slides")
+        st.caption(
+            "Inputs larger than the model's training scale, scored tile by tile: the slide "
+            "fields, the heatmap the run saved, and the tile rows."
+        )
+        st.dataframe(
+            slides[["uri", *[c for c in SLIDE_FIELDS_SHOWN if c in slides.columns]]],
+            hide_index=True,
+            width="stretch",
+            key="slides_table",
+        )
+        chosen = st.selectbox("Slide", list(slides["uri"]), key=f"slide:{run.uri}")
+        if chosen:
+            _show_run_slide(run, slides[slides["uri"] == chosen].iloc[0], section="slides")
 
     st.subheader("Errors")
     if run.errors.empty:

@@ -12,6 +12,7 @@ from PIL import Image
 
 from app import scoring
 from histo_common.results import Prediction
+from histo_common.tiling import TrainingScale
 from model_export.identity import ModelIdentity
 from model_export.serving_client import ServingError
 
@@ -74,7 +75,13 @@ class _FussyModel:
         self.bad = bad
         self.failure = failure
         self.calls: list[int] = []
-        self.metadata = SimpleNamespace(positive_class="malignant")
+        self.metadata = SimpleNamespace(
+            positive_class="malignant",
+            class_names=["benign", "malignant"],
+            threshold=0.5,
+            image_size=48,
+            training_scale=lambda: TrainingScale(48, 48),
+        )
 
     def run(self, signature: str, images):  # type: ignore[no-untyped-def]
         self.calls.append(len(images))
