@@ -174,5 +174,9 @@ def test_slide_of_clean_glass_scores_no_tile(slide_run: SlideRun) -> None:
 
 def test_patch_only_run_writes_no_tile_files(scored_run) -> None:  # type: ignore[no-untyped-def]
     """A run without a tiled input has exactly today's outputs: no tiles/, no heatmaps/."""
-    written = {p.relative_to(scored_run.output).parts[0] for p in scored_run.output.rglob("*")}
-    assert not written & {"tiles", "heatmaps"}
+    written = {
+        p.relative_to(scored_run.output).parts[0]
+        for p in scored_run.output.rglob("*")
+        if p.is_file()
+    }
+    assert "results" in written and not written & {"tiles", "heatmaps"}
