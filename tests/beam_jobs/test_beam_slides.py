@@ -180,3 +180,34 @@ def test_patch_only_run_writes_no_tile_files(scored_run) -> None:  # type: ignor
         if p.is_file()
     }
     assert "results" in written and not written & {"tiles", "heatmaps"}
+
+
+def test_slide_tiles_scored_through_tf_serving(
+    tmp_path: Path, model_server: str, tiny_model, slide_run: SlideRun
+) -> None:  # type: ignore[no-untyped-def]
+    """--model (for the training scale) with --model-endpoint: tiles go to TF Serving as PNG."""
+    from beam_jobs import score
+
+    output = tmp_path / "served"
+    score.run(
+        [
+            "--input",
+            slide_run.slide,
+            "--model",
+            tiny_model.root_uri,
+            "--model-endpoint",
+            model_server,
+            "--output",
+            str(output),
+        ]
+    )
+    served = {(t["x"], t["y"]): t["probability"] for t in _rows(f"{output}/tiles/*.jsonl")}
+    local = {
+        (t["x"], t["y"]): t["probability"]
+        for t in _rows(f"{slide_run.output}/tiles/*.jsonl")
+        if t["uri"] == slide_run.slide
+    }
+    assert served.keys() == local.keys()
+    assert max(abs(served[k] - local[k]) for k in local) < 1e-4
+    (row,) = _rows(f"{output}/results/*.jsonl")
+    assert row["tiles_scored"] == len(local)
