@@ -33,7 +33,7 @@ import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
 import numpy as np
@@ -333,7 +333,8 @@ class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
 
 def _keyed_outcome(result: PredictionResult) -> tuple[str, tuple[TileRegion, TileOutcome]]:
     """(uri, (region, outcome)): positions and probabilities only, never pixels."""
-    return result.example.uri, (result.example.region, result.inference)
+    work = cast(TileWork, result.example)  # PredictionResult's fields are generic
+    return work.uri, (work.region, cast(TileOutcome, result.inference))
 
 
 # ------------------------------------------------------------------ per slide
