@@ -98,6 +98,8 @@ class ScoreConfig:
         gradcam_top: only for the N most suspicious images (None: every image).
         formats: result formats; ``jsonl`` is always written.
         num_shards: output shards (0: the runner decides).
+        tile_stride: distance between tile origins of large inputs, in training-scale
+            pixels (None: the tile size, no overlap).
     """
 
     inputs: tuple[str, ...]
@@ -107,6 +109,7 @@ class ScoreConfig:
     gradcam_top: int | None = None
     formats: tuple[str, ...] = DEFAULT_FORMATS
     num_shards: int = 0
+    tile_stride: int | None = None
 
     def __post_init__(self) -> None:
         if not self.inputs or any(not p.strip() for p in self.inputs):
@@ -124,6 +127,8 @@ class ScoreConfig:
             raise ConfigError(f"--gradcam-top must be at least 1, got {self.gradcam_top}")
         if self.num_shards < 0:
             raise ConfigError("--num-shards must be 0 (runner decides) or more")
+        if self.tile_stride is not None and self.tile_stride < 1:
+            raise ConfigError(f"--tile-stride must be at least 1 pixel, got {self.tile_stride}")
 
 
 @dataclass(frozen=True)

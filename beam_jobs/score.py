@@ -3,7 +3,8 @@
 ``python -m beam_jobs.score --input 'gs://bucket/slides/**.png' --model gs://models/histo-cnn
 --output gs://results/run1/ [Beam pipeline options]`` (local paths work the same).
 
-Matched files -> ``ReadImages`` -> ``ScoreImages`` (RunInference) -> ``WriteResults``
+Matched files -> ``ScoreInputs`` (``ReadImages`` -> ``ScoreImages`` (RunInference); large
+inputs tiled by :mod:`beam_jobs.slides`) -> ``WriteResults``
 and ``WriteErrors`` (+ Grad-CAM overlays). After the run the job checks that
 results + errors = matched files and writes ``<output>/summary.json``. Runs on the
 DirectRunner by default; pass ``--runner DataflowRunner --project P --region R
@@ -38,12 +39,12 @@ from beam_jobs.config import (
     ScoringOptions,
 )
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
+from beam_jobs.slides import SlideJob, slide_job
 from beam_jobs.transforms import (
     ERRORS,
     EXPLAINED,
     ExplainTop,
-    ReadImages,
-    ScoreImages,
+    ScoreInputs,
     WriteErrors,
     WriteOverlays,
     WriteResults,
@@ -133,6 +134,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--num-shards", type=int, default=0, help="output shards (0: runner decides)"
     )
+    parser.add_argument(
+        "--tile-stride",
+        type=int,
+        help="large inputs: pixels between tile origins at the training scale "
+        "(default: the tile size, no overlap)",
+    )
     return parser
 
 
@@ -162,6 +169,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ScoreConfig, list[str]]:
         gradcam_top=args.gradcam_top,
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         num_shards=args.num_shards,
+        tile_stride=args.tile_stride,
     )
     return config, pipeline_args
 
@@ -319,22 +327,23 @@ def add_scoring(
     signature = contract.EXPLAIN_SIGNATURE if explain_all else contract.PREDICT_SIGNATURE
     handler = options_handler(plan.identity, options, signature)
 
-    read = (
+    matched = (
         pipeline
         | "ReadManifest" >> beam.io.ReadFromText(plan.manifest)
         | "ParseManifest" >> beam.Map(files.parse_manifest_line)
         | "SpreadFiles" >> beam.Reshuffle()
-        | "ReadImages" >> ReadImages(options.max_pixels, options.max_bytes)
     )
-    scored = read["images"] | "ScoreImages" >> ScoreImages(handler)
-    errors = (read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+    scored = matched | "ScoreInputs" >> ScoreInputs(
+        handler, plan.identity, options.max_pixels, options.max_bytes, job_slides(config, plan)
+    )
+    errors = scored[ERRORS]
     _ = scored["results"] | "WriteResults" >> WriteResults(
         config.output, config.formats, config.num_shards
     )
     _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
 
     if config.gradcam:
-        if explain_all:
+        if config.gradcam_top is None:  # explain_all: every image was explained
             explained = scored[EXPLAINED]
         else:
             explain = options_handler(plan.identity, options, contract.EXPLAIN_SIGNATURE)
@@ -345,6 +354,21 @@ def add_scoring(
             config.output, plan.base, plan.positive_class
         )
     return {"results": scored["results"], ERRORS: errors}
+
+
+def job_slides(config: ScoreConfig, plan: ScoringPlan) -> SlideJob | None:
+    """How the job tiles large inputs (None: a model without metadata scores all whole)."""
+    return slide_job(
+        plan.identity,
+        has_metadata=bool(config.options.model),
+        output=config.output,
+        base=plan.base,
+        formats=config.formats,
+        num_shards=config.num_shards,
+        stride=config.tile_stride,
+        max_pixels=config.options.max_pixels,
+        max_bytes=config.options.max_bytes,
+    )
 
 
 def query_counters(result: PipelineResult) -> dict[str, int]:

@@ -1,11 +1,13 @@
 """The reusable Beam stages of the scoring and evaluation jobs.
 
-``ReadImages`` (matched files -> checked images + error rows), ``ScoreImages``
-(``RunInference`` -> result rows + error rows [+ heatmaps]), ``WriteResults`` and
-``WriteErrors`` (sharded JSON Lines, CSV, Parquet), ``ExplainTop`` (Grad-CAM for
-the N most suspicious images), ``WriteOverlays`` (overlay PNGs) and
-``ExplainErrors`` (the evaluation gallery). Each is a
-composite ``PTransform``; the logic they run is in :mod:`beam_jobs.stages`.
+``ScoreInputs`` (matched files of any size -> rows: the composite both scoring
+jobs use; slides go through :mod:`beam_jobs.slides`), ``ReadImages`` (matched
+files -> checked images + error rows), ``ScoreImages`` (``RunInference`` ->
+result rows + error rows [+ heatmaps]), ``WriteResults`` and ``WriteErrors``
+(sharded JSON Lines, CSV, Parquet), ``ExplainTop`` (Grad-CAM for the N most
+suspicious images), ``WriteOverlays`` (overlay PNGs) and ``ExplainErrors`` (the
+evaluation gallery). Each is a composite ``PTransform``; the logic they run is in
+:mod:`beam_jobs.stages`.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -22,6 +24,7 @@ from apache_beam.ml.inference.base import KeyedModelHandler, PredictionResult, R
 
 from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE
+from beam_jobs.slides import ERRORS, TILES, WHOLE, ScoreSlides, SlideJob
 from evaluation.outputs import LabelledScore
 from evaluation.report import GalleryItem
 from histo_common.errors import one_line
@@ -29,22 +32,33 @@ from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from histo_common.layout import ROW_FORMATS, RunLayout
 from histo_common.overlay import load_rgb, overlay_png, upscale_for_display
 from histo_common.results import ErrorRow, ResultRow
+from histo_common.slides import TIFF_SUFFIXES, WSI_SUFFIXES, SlideGeometry
+from histo_common.tiling import TrainingScale, plan_tiles
 from model_export.contract import DEFAULT_POSITIVE_CLASS
+from model_export.identity import ModelIdentity
 from model_export.scoring import ScoreOutcome
 
 logger = logging.getLogger(__name__)
 
-ERRORS = "errors"
 EXPLAINED = "explained"
+SLIDES = "slides"
+# Inputs a model with a training scale always plans as slides (a TIFF may be a pyramid).
+SLIDE_ROUTED_SUFFIXES = WSI_SUFFIXES + TIFF_SUFFIXES
 PROGRESS_EVERY = 500
 
 
 class _ReadAndCheck(beam.DoFn):
-    """Read one matched file and check it; bad files go to the ``errors`` output."""
+    """Read one matched file and check it; bad files go to the ``errors`` output.
 
-    def __init__(self, max_pixels: int, max_bytes: int) -> None:
+    With a training scale, inputs to tile go to the ``slides`` output instead,
+    unread: whole-slide formats and TIFFs (a TIFF may be a pyramid of any size),
+    and plain images that the tiling rule does not score whole.
+    """
+
+    def __init__(self, max_pixels: int, max_bytes: int, scale: TrainingScale | None = None) -> None:
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
+        self.scale = scale
         self.images_read = Metrics.counter(METRICS_NAMESPACE, "images_read")
         self.bytes_read = Metrics.counter(METRICS_NAMESPACE, "bytes_read")
         self.images_failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
@@ -52,7 +66,12 @@ class _ReadAndCheck(beam.DoFn):
         self._bytes = 0
 
     def process(self, matched: files.MatchedFile) -> Iterator[Any]:
-        row = stages.too_large(matched.uri, matched.size, self.max_bytes)
+        if self.scale is not None and matched.uri.lower().endswith(SLIDE_ROUTED_SUFFIXES):
+            yield beam.pvalue.TaggedOutput(SLIDES, matched)
+            return
+        row: stages.CheckedImage | ErrorRow | None = stages.too_large(
+            matched.uri, matched.size, self.max_bytes
+        )
         if row is None:
             try:
                 data = files.read_file(matched.uri)
@@ -69,6 +88,8 @@ class _ReadAndCheck(beam.DoFn):
             self.images_failed.inc()
             logger.warning("Skipping %s: %s", row.uri, row.reason)
             yield beam.pvalue.TaggedOutput(ERRORS, row)
+        elif self.scale is not None and not _whole(row, self.scale):
+            yield beam.pvalue.TaggedOutput(SLIDES, matched)
         else:
             yield row
 
@@ -81,26 +102,38 @@ class _ReadAndCheck(beam.DoFn):
             )
 
 
+def _whole(image: stages.CheckedImage, scale: TrainingScale) -> bool:
+    """True when the tiling rule scores this plain image whole (it has no mpp)."""
+    geometry = SlideGeometry(image.uri, "header", ((image.width, image.height),), (1.0,))
+    return not plan_tiles(geometry, scale).is_tiled
+
+
 class ReadImages(beam.PTransform):
     """Matched files -> ``CheckedImage`` (main output) and ``ErrorRow`` (``errors``).
 
     Files over the size limit are refused before they are read; unreadable,
-    empty, non-image, truncated and too-large images become error rows.
+    empty, non-image, truncated and too-large images become error rows. Given
+    the model's training ``scale``, inputs to tile go to ``slides`` (see
+    :class:`_ReadAndCheck`); without one there is no ``slides`` output's worth.
     """
 
     def __init__(
-        self, max_pixels: int = DEFAULT_MAX_PIXELS, max_bytes: int = DEFAULT_MAX_BYTES
+        self,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        scale: TrainingScale | None = None,
     ) -> None:
         super().__init__()
         self.max_pixels = max_pixels
         self.max_bytes = max_bytes
+        self.scale = scale
 
     def expand(self, matched: beam.PCollection) -> dict[str, beam.PCollection]:
-        """Read and check each matched file; return the ``images`` and ``errors`` outputs."""
+        """Read and check each matched file; return ``images``, ``errors`` and ``slides``."""
         outputs = matched | "ReadAndCheck" >> beam.ParDo(
-            _ReadAndCheck(self.max_pixels, self.max_bytes)
-        ).with_outputs(ERRORS, main="images")
-        return {"images": outputs.images, ERRORS: outputs[ERRORS]}
+            _ReadAndCheck(self.max_pixels, self.max_bytes, self.scale)
+        ).with_outputs(ERRORS, SLIDES, main="images")
+        return {"images": outputs.images, ERRORS: outputs[ERRORS], SLIDES: outputs[SLIDES]}
 
 
 class _SplitOutcomes(beam.DoFn):
@@ -117,7 +150,9 @@ class _SplitOutcomes(beam.DoFn):
         self._started = time.monotonic()
 
     def process(self, result: PredictionResult) -> Iterator[Any]:
-        image, outcome = result.example, result.inference
+        # Beam types PredictionResult's fields as unbound TypeVars; the handler makes these.
+        image = cast(stages.CheckedImage, result.example)
+        outcome = cast(ScoreOutcome, result.inference)
         row = stages.result_row(image, outcome)
         if isinstance(row, ErrorRow):
             self.images_failed.inc()
@@ -159,6 +194,62 @@ class ScoreImages(beam.PTransform):
             >> beam.ParDo(_SplitOutcomes(keep)).with_outputs(ERRORS, EXPLAINED, main="results")
         )
         return {"results": outputs.results, ERRORS: outputs[ERRORS], EXPLAINED: outputs[EXPLAINED]}
+
+
+class ScoreInputs(beam.PTransform):
+    """Matched files of any size -> ``results``, ``errors`` (+ ``explained``, ``tiles``).
+
+    The scoring composite the bulk and streaming jobs share: :class:`ReadImages`
+    and :class:`ScoreImages` for patch-sized inputs, exactly as before, and with
+    a :class:`~beam_jobs.slides.SlideJob` the inputs to tile go through
+    :class:`~beam_jobs.slides.ScoreSlides` (one row each with the slide fields,
+    tile rows under ``<output>/tiles/``, a heatmap under ``<output>/heatmaps/``).
+
+    Args:
+        handler: the model handler (local SavedModel or TF Serving).
+        identity: the model identity stamped on slide rows.
+        max_pixels, max_bytes: the image checks.
+        slides: how to tile, or None to score every input whole (as before slides).
+    """
+
+    def __init__(
+        self,
+        handler: Any,
+        identity: ModelIdentity,
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        max_bytes: int = DEFAULT_MAX_BYTES,
+        slides: SlideJob | None = None,
+    ) -> None:
+        super().__init__()
+        self.handler = handler
+        self.identity = identity
+        self.max_pixels = max_pixels
+        self.max_bytes = max_bytes
+        self.slides = slides
+
+    def expand(self, matched: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Route, read, score; return ``results``, ``errors``, ``explained`` and ``tiles``."""
+        scale = self.slides.settings.scale if self.slides else None
+        read = matched | "ReadImages" >> ReadImages(self.max_pixels, self.max_bytes, scale)
+        images, errors, results = read["images"], [read[ERRORS]], []
+        tiles: beam.PCollection | None = None
+        if self.slides is not None:
+            slides = read[SLIDES] | "ScoreSlides" >> ScoreSlides(
+                self.slides, self.handler, self.identity
+            )
+            images = (images, slides[WHOLE]) | "AllImages" >> beam.Flatten()
+            errors.append(slides[ERRORS])
+            results.append(slides["results"])
+            tiles = slides[TILES]
+        scored = images | "ScoreImages" >> ScoreImages(self.handler)
+        out = {
+            "results": tuple([scored["results"], *results]) | "AllResults" >> beam.Flatten(),
+            ERRORS: tuple([*errors, scored[ERRORS]]) | "AllErrors" >> beam.Flatten(),
+            EXPLAINED: scored[EXPLAINED],
+        }
+        if tiles is not None:
+            out[TILES] = tiles
+        return out
 
 
 class WriteResults(beam.PTransform):
@@ -291,6 +382,8 @@ class _WriteOverlay(beam.DoFn):
         image, outcome = pair
         uri = self.run.gradcam(image.uri, self.base)
         try:
+            if outcome.prediction is None or outcome.heatmap is None:
+                raise ValueError("the model did not explain it")
             png = overlay_png(
                 image.data,
                 outcome.prediction,
@@ -360,13 +453,12 @@ def gallery_item(
     positive_class: str = DEFAULT_POSITIVE_CLASS,
 ) -> GalleryItem:
     """A gallery card: the Grad-CAM overlay when the model explained it, else the image."""
-    explained = outcome is not None and outcome.prediction is not None
-    if explained and outcome is not None and outcome.heatmap is not None:
-        png = overlay_png(
-            image.data, outcome.prediction, outcome.heatmap, positive_class=positive_class
-        )
+    prediction = outcome.prediction if outcome else None
+    heatmap = outcome.heatmap if outcome else None
+    explained = prediction is not None and heatmap is not None
+    if prediction is not None and heatmap is not None:
+        png = overlay_png(image.data, prediction, heatmap, positive_class=positive_class)
     else:
-        explained = False
         png = _plain_png(image.data)
     return GalleryItem(
         uri=score.uri,

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass, fields, replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Self
 
 from histo_common import DISCLAIMER
 
@@ -151,8 +151,25 @@ class ResultRow:
         return cls(**_checked(cls, data, optional=SLIDE_COLUMNS))
 
 
+class _JsonRow:
+    """A row of fixed columns written as one JSON line (mixed into the row dataclasses)."""
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the row as a plain dict (JSON-ready)."""
+        return asdict(self)  # type: ignore[call-overload]  # always a dataclass
+
+    def to_json(self) -> str:
+        """Return the row as one JSON line."""
+        return json.dumps(self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Self:
+        """Rebuild a row from a dict, refusing missing columns (extra ones are dropped)."""
+        return cls(**_checked(cls, data))
+
+
 @dataclass(frozen=True)
-class TileRow:
+class TileRow(_JsonRow):
     """One scored tile of a tiled input, as other tools read it from ``<output>/tiles/``.
 
     ``x``, ``y``, ``width``, ``height`` are level-0 pixels of the input ``uri``;
@@ -169,22 +186,9 @@ class TileRow:
     model_name: str
     model_version: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """Return the row as a plain dict (JSON-ready)."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Return the row as one JSON line."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> TileRow:
-        """Rebuild a row from a dict, refusing missing columns."""
-        return cls(**_checked(cls, data))
-
 
 @dataclass(frozen=True)
-class ErrorRow:
+class ErrorRow(_JsonRow):
     """One input that could not be scored, with a one-line reason."""
 
     uri: str
@@ -197,19 +201,6 @@ class ErrorRow:
         """Make an error row stamped with the current time; the reason is kept to one line."""
         one_line = " ".join(str(reason).split())
         return cls(uri=uri, reason=one_line, stage=stage, at=utc_now())
-
-    def to_dict(self) -> dict[str, Any]:
-        """Return the row as a plain dict (JSON-ready)."""
-        return asdict(self)
-
-    def to_json(self) -> str:
-        """Return the row as one JSON line."""
-        return json.dumps(self.to_dict())
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> ErrorRow:
-        """Rebuild a row from a dict, refusing unknown or missing columns."""
-        return cls(**_checked(cls, data))
 
 
 # The slide fields: optional columns of ResultRow, present for tiled inputs only.

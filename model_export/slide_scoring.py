@@ -211,7 +211,10 @@ def tile_probabilities(
 
 
 def tile_rows(
-    uri: str, regions: Sequence[TileRegion], probabilities: Sequence[float], model: ModelIdentity
+    uri: str,
+    regions: Sequence[TileRegion],
+    probabilities: Sequence[float] | np.ndarray,
+    model: ModelIdentity,
 ) -> list[TileRow]:
     """One :class:`TileRow` per scored region."""
     return [
@@ -250,7 +253,7 @@ def slide_heatmap_png(
 
 
 def summarise(
-    plan: TilePlan, probabilities: Sequence[float], settings: SlideSettings
+    plan: TilePlan, probabilities: Sequence[float] | np.ndarray, settings: SlideSettings
 ) -> SlideSummary:
     """The slide rule with the settings' threshold, classes and top-k."""
     return summarise_tiles(

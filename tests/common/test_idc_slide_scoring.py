@@ -1,9 +1,10 @@
-"""Real tissue end to end through the foundations: an IDC patient reassembled into a
-pyramidal TIFF, planned with the tiling rule and the tissue mask, tiles read through
-OpenSlide and scored through the pixel signature of a model trained here on the
+"""Real tissue end to end: an IDC patient reassembled into a pyramidal TIFF and scored
+by the slide scorer (:func:`model_export.slide_scoring.score_input`: tiling rule,
+tissue mask, OpenSlide reads, pixel signature) with a model trained here on the
 other patients; the tile-level AUC against the patch labels is close to the same
 model's patch-level AUC (a patch no scored tile covers counts as probability 0, as
-on a heatmap)."""
+on a heatmap), nearly every carcinoma patch is under a scored tile, few glass tiles
+are scored, and the Beam job's fan-out gives the same tiles and verdict."""
 
 from __future__ import annotations
 
@@ -14,9 +15,9 @@ import numpy as np
 import pytest
 
 from histo_common.samples import reassemble_idc_patient
-from histo_common.slides import open_slide
-from histo_common.tiling import read_tiles, summarise_tiles
-from histo_common.tissue import plan_slide
+from histo_common.slides import read_geometry
+from histo_common.tiling import plan_tiles
+from model_export.slide_scoring import SlideSettings, score_input
 
 PATIENT = "8863"
 IMAGE_SIZE = 48
@@ -83,11 +84,13 @@ def test_tile_auc_close_to_patch_auc_on_a_real_patient(idc_dir: Path, tmp_path: 
             for p in model.predict([Path(p.source).read_bytes() for p in sample.patches])
         ]
     )
-    with open_slide(sample.uri) as slide:
-        plan = plan_slide(slide, model.metadata.training_scale())
-        assert plan.is_tiled and plan.scale_assumed
-        tiles = read_tiles(slide, plan.tiles)
-    tile_probs = np.array([p.probability for p in model.predict_pixels(tiles)])
+    score = score_input(
+        model, sample.uri, model.identity, SlideSettings.from_metadata(model.metadata)
+    )
+    assert score.ok and score.is_tiled and score.plan is not None and score.summary is not None
+    plan = score.plan
+    assert plan.scale_assumed
+    tile_probs = np.array([t.probability for t in score.tiles])
     by_origin = {(t.x, t.y): p for t, p in zip(plan.tiles, tile_probs, strict=True)}
     covered = [
         by_origin.get(
@@ -105,8 +108,53 @@ def test_tile_auc_close_to_patch_auc_on_a_real_patient(idc_dir: Path, tmp_path: 
     assert patch_auc > 0.75, f"the quick model is too weak to test with: AUC {patch_auc:.3f}"
     assert carcinoma_covered >= 0.97, f"{carcinoma_covered:.3f} of carcinoma patches scored"
     assert abs(tile_auc - patch_auc) <= 0.05, f"tile AUC {tile_auc:.3f}, patch {patch_auc:.3f}"
-    summary = summarise_tiles(
-        plan, tile_probs, threshold=0.5, positive_class="malignant", negative_class="benign"
-    )
+    # Few glass tiles scored: a grid tile under no patch is glass (or background).
+    grid = plan_tiles(read_geometry(sample.uri), model.metadata.training_scale()).tiles
+    under_patch = {
+        (_tile_origin(x, plan.stride_x), _tile_origin(y, plan.stride_y))
+        for p in sample.patches
+        for x in (p.x, p.x + p.width - 1)
+        for y in (p.y, p.y + p.height - 1)
+    }
+    glass = {(t.x, t.y) for t in grid} - under_patch
+    glass_scored = len(glass & set(by_origin)) / len(glass)
+    assert glass_scored <= 0.05, f"{glass_scored:.3f} of glass tiles scored"
+    summary = score.summary
     # 207 of this patient's 979 patches are carcinoma: the slide rule flags it.
     assert summary.label == "malignant" and summary.tiles_scored == len(plan.tiles)
+    _same_through_beam(tmp_path, sample.uri, score)
+
+
+def _same_through_beam(tmp_path: Path, slide: str, score) -> None:  # type: ignore[no-untyped-def]
+    """The Beam job on the same slide: the same tiles, probabilities and verdict."""
+    import json
+
+    from beam_jobs import score as score_job
+
+    output = tmp_path / "run"
+    score_job.run(
+        [
+            "--input",
+            slide,
+            "--model",
+            str(tmp_path / "models" / "idc-quick"),
+            "--output",
+            str(output),
+        ]
+    )
+    tiles = [
+        json.loads(line)
+        for part in sorted((output / "tiles").glob("*.jsonl"))
+        for line in part.read_text().splitlines()
+    ]
+    beam_probs = {(t["x"], t["y"]): t["probability"] for t in tiles}
+    alone = {(t.x, t.y): t.probability for t in score.tiles}
+    assert beam_probs.keys() == alone.keys()
+    assert max(abs(beam_probs[k] - alone[k]) for k in alone) < 1e-4
+    (row,) = [
+        json.loads(line)
+        for part in (output / "results").glob("*.jsonl")
+        for line in part.read_text().splitlines()
+    ]
+    assert row["label"] == score.row.label and row["tiles_scored"] == len(alone)
+    assert list((output / "heatmaps").rglob("*.heatmap.png"))

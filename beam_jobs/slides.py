@@ -1,0 +1,528 @@
+"""Beam fans a slide out: tile regions spread over workers, grouped back per slide.
+
+:class:`ScoreSlides` takes the inputs :class:`beam_jobs.transforms.ReadImages`
+routed here (whole-slide formats, TIFFs, and plain images larger than the
+tiling rule's whole size) and gives one result row (with the slide fields) or
+one error row per input, plus its tile rows and heatmap::
+
+    slide URIs -> PlanSlides (one worker opens the slide, applies the tiling rule and
+                  the tissue mask: a header + one work item per tissue tile)
+      tiles   -> Reshuffle (one slide's tiles spread over workers)
+              -> RunInference(TileModelHandler): each worker reads regions through
+                 its own SlidePool and scores them in batches (pixel signature)
+              -> (uri, tile probability) ... CoGroupByKey with the header
+      slide   -> FinishSlide: the slide rule -> ResultRow, TileRow's, heatmap PNG
+
+Memory per worker stays bounded whatever the slide's size: no slide is read
+whole (regions only, through OpenSlide), tile pixels never leave the DoFn that
+read them, and the grouping carries only positions and probabilities. A
+patch-sized TIFF planned ``whole`` goes back to the patch path (``whole``
+output) and is scored exactly as before. Every routed input ends as exactly one
+row: a slide that cannot be opened, whose tiles cannot be read, or that the
+model refuses is one error row with the reason.
+
+With ``--model-endpoint`` (TensorFlow Serving) tiles are PNG-encoded and sent to
+the bytes signature (:func:`model_export.slide_scoring.tile_outputs`): same
+scores, slower than the in-process pixel signature. Without ``--model`` there is
+no metadata, hence no training scale: every input is scored whole, as before.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, NamedTuple, cast
+
+import apache_beam as beam
+import numpy as np
+from apache_beam.io import fileio
+from apache_beam.metrics import Metrics
+from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+
+from beam_jobs import files, stages
+from beam_jobs.model_handler import METRICS_NAMESPACE
+from histo_common.errors import one_line
+from histo_common.layout import ROW_FORMATS, RunLayout
+from histo_common.results import ErrorRow, ResultRow, TileRow
+from histo_common.slides import SlideError, SlidePool, open_slide
+from histo_common.tiling import TilePlan, TileRegion, read_tiles
+from model_export import contract
+from model_export.identity import ModelIdentity
+from model_export.slide_scoring import (
+    SlideSettings,
+    plan_input,
+    slide_heatmap_png,
+    summarise,
+    tile_outputs,
+    tile_rows,
+)
+
+logger = logging.getLogger(__name__)
+
+ERRORS = "errors"
+WHOLE = "whole"
+TILES = "tiles"
+HEADERS = "headers"
+DEFAULT_OPEN_SLIDES = 4
+
+
+@dataclass(frozen=True)
+class SlideJob:
+    """What the Beam job needs to tile inputs: the settings and where outputs go.
+
+    Attributes:
+        settings: the model's scale and slide rule (from its metadata) and the job's choices.
+        output: the run's output folder (tile rows, heatmaps).
+        base: the folder holding every input; heatmap names are paths under it.
+        formats: row formats (``jsonl`` always; ``parquet`` also writes tile Parquet).
+        num_shards: output shards (0: the runner decides).
+    """
+
+    settings: SlideSettings
+    output: str
+    base: str
+    formats: tuple[str, ...] = ("jsonl",)
+    num_shards: int = 0
+
+
+def slide_job(
+    identity: ModelIdentity,
+    *,
+    has_metadata: bool,
+    output: str,
+    base: str,
+    formats: Sequence[str] = ("jsonl",),
+    num_shards: int = 0,
+    **settings: Any,
+) -> SlideJob | None:
+    """The slide part of a scoring job, or None when inputs cannot be tiled.
+
+    Args:
+        identity: the pinned model version (its metadata gives the training scale).
+        has_metadata: False when the model is known only as TF Serving serves it
+            (no metadata, no training scale: every input is scored whole, as before).
+        output: the run's output folder.
+        base: the folder holding every input.
+        formats: row formats of the run.
+        num_shards: output shards (0: the runner decides).
+        settings: :class:`SlideSettings` overrides (``stride``, ``batch_size``, ...).
+    """
+    if not has_metadata:
+        return None
+    from model_export.identity import read_metadata
+
+    metadata = read_metadata(identity.uri)
+    if metadata.training_scale() is None:
+        return None
+    return SlideJob(
+        settings=SlideSettings.from_metadata(metadata, **settings),
+        output=output,
+        base=base,
+        formats=tuple(formats),
+        num_shards=num_shards,
+    )
+
+
+class TileWork(NamedTuple):
+    """One tile to score: the input's URI and the region (a Beam work item)."""
+
+    uri: str
+    region: TileRegion
+
+
+class TileOutcome(NamedTuple):
+    """A scored tile: its probability, or why it could not be read or scored."""
+
+    probability: float | None
+    error: str | None = None
+
+
+class SlideHeader(NamedTuple):
+    """What the grouping step needs of a planned slide (no tiles, no pixels)."""
+
+    uri: str
+    plan: dict[str, Any]  # TilePlan.to_dict() without its tiles
+    tissue_tiles: int
+    thumbnail_png: bytes
+    thumbnail_downsample: float
+
+
+# ------------------------------------------------------------------ planning
+
+
+def _png(pixels: np.ndarray) -> bytes:
+    from PIL import Image
+
+    out = io.BytesIO()
+    Image.fromarray(pixels).save(out, format="PNG")
+    return out.getvalue()
+
+
+def _unpng(data: bytes) -> np.ndarray:
+    from PIL import Image
+
+    with Image.open(io.BytesIO(data)) as img:
+        return np.asarray(img.convert("RGB"))
+
+
+class _PlanSlide(beam.DoFn):
+    """Open a slide, plan it; emit its header and tile work items (or its route/error)."""
+
+    def __init__(self, settings: SlideSettings) -> None:
+        self.settings = settings
+        self.planned = Metrics.counter(METRICS_NAMESPACE, "slides_planned")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+        self.tiles = Metrics.counter(METRICS_NAMESPACE, "tiles_planned")
+
+    def process(self, matched: files.MatchedFile) -> Iterator[Any]:
+        uri = matched.uri
+        try:
+            with open_slide(uri, max_pixels=self.settings.max_pixels) as slide:
+                plan = plan_input(slide, self.settings)
+                if plan.is_tiled:
+                    thumbnail, downsample = slide.thumbnail()
+        except SlideError as exc:
+            yield self._error(ErrorRow.build(uri, str(exc), "read"))
+            return
+        except Exception as exc:  # an unexpected reader failure is this slide's, not the job's
+            yield self._error(ErrorRow.build(uri, f"cannot read slide: {one_line(exc)}", "read"))
+            return
+        for warning in plan.warnings:
+            logger.warning(warning)
+        if not plan.is_tiled:
+            yield from self._whole(matched)
+            return
+        self.planned.inc()
+        self.tiles.inc(len(plan.tiles))
+        logger.info(
+            "Planned %s: %d tissue tiles of %d (%s)",
+            uri,
+            len(plan.tiles),
+            plan.grid[0] * plan.grid[1],
+            plan.scale,
+        )
+        yield beam.pvalue.TaggedOutput(
+            HEADERS,
+            (
+                uri,
+                SlideHeader(
+                    uri,
+                    plan.with_tiles(()).to_dict(),
+                    len(plan.tiles),
+                    _png(thumbnail),
+                    float(downsample),
+                ),
+            ),
+        )
+        for region in plan.tiles:
+            yield TileWork(uri, region)
+
+    def _whole(self, matched: files.MatchedFile) -> Iterator[Any]:
+        """A patch-sized input goes back to the patch path: read and checked as always."""
+        row = stages.too_large(matched.uri, matched.size, self.settings.max_bytes)
+        if row is None:
+            try:
+                data = files.read_file(matched.uri)
+            except Exception as exc:  # any storage failure is this file's error
+                row = ErrorRow.build(matched.uri, f"cannot read: {one_line(exc)}", "read")
+            else:
+                checked = stages.check_image(
+                    matched.uri,
+                    data,
+                    max_pixels=self.settings.max_pixels,
+                    max_bytes=self.settings.max_bytes,
+                )
+                if isinstance(checked, stages.CheckedImage):
+                    yield beam.pvalue.TaggedOutput(WHOLE, checked)
+                    return
+                row = checked
+        yield self._error(row)
+
+    def _error(self, row: ErrorRow) -> Any:
+        self.failed.inc()
+        logger.warning("Skipping %s: %s", row.uri, row.reason)
+        return beam.pvalue.TaggedOutput(ERRORS, row)
+
+
+# ------------------------------------------------------------------ scoring tiles
+
+
+class TileScorer:
+    """A worker's model and its open slides: what the tile handler's ``load_model`` gives."""
+
+    def __init__(self, model: Any, pool: SlidePool) -> None:
+        self.model = model
+        self.pool = pool
+
+    def score(self, batch: Sequence[TileWork]) -> list[TileOutcome]:
+        """Read and score a batch of tiles (of one or several slides) in one model call.
+
+        A slide or region that cannot be read gives outcomes with the reason for its
+        tiles; a failing model raises (the runner retries the bundle).
+        """
+        outcomes: list[TileOutcome | None] = [None] * len(batch)
+        readable: list[int] = []
+        pixels: list[np.ndarray] = []
+        by_uri: dict[str, list[int]] = {}
+        for i, work in enumerate(batch):
+            by_uri.setdefault(work.uri, []).append(i)
+        for uri, indices in by_uri.items():
+            try:
+                slide = self.pool.get(uri)
+                tiles = read_tiles(slide, [batch[i].region for i in indices])
+            except SlideError as exc:
+                for i in indices:
+                    outcomes[i] = TileOutcome(None, str(exc))
+                continue
+            readable.extend(indices)
+            pixels.extend(tiles)
+        if readable:
+            stacked = np.stack(pixels)
+            probs = tile_outputs(self.model, contract.PREDICT_SIGNATURE, stacked)["probability"]
+            for i, p in zip(readable, probs, strict=True):
+                outcomes[i] = TileOutcome(float(p))
+        return [o if o is not None else TileOutcome(None, "tile lost") for o in outcomes]
+
+
+class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
+    """RunInference over tile work items, wrapping the job's model handler.
+
+    The wrapped handler (``HistoModelHandler`` for a local SavedModel, or
+    ``ServingModelHandler`` for TF Serving, or the stream's refreshing one) loads
+    the model; this one adds a per-worker :class:`SlidePool` and reads each
+    batch's regions before one model call.
+    """
+
+    def __init__(self, inner: Any, max_open: int = DEFAULT_OPEN_SLIDES, **open_kwargs: Any) -> None:
+        kwargs = dict(getattr(inner, "_batching_kwargs", {}))
+        super().__init__(
+            min_batch_size=kwargs.get("min_batch_size"),
+            max_batch_size=kwargs.get("max_batch_size"),
+            large_model=bool(getattr(inner, "_large_model", False)),
+        )
+        self.inner = inner
+        self.max_open = max_open
+        self.open_kwargs = open_kwargs
+
+    def load_model(self) -> TileScorer:
+        """The wrapped handler's model and a pool of open slides (one per worker process)."""
+        return TileScorer(self.inner.load_model(), SlidePool(self.max_open, **self.open_kwargs))
+
+    def run_inference(
+        self,
+        batch: Sequence[TileWork],
+        model: TileScorer,
+        inference_args: dict[str, Any] | None = None,
+    ) -> Iterable[PredictionResult]:
+        """Score one batch of tiles; one outcome per tile, in order."""
+        return [
+            PredictionResult(work, outcome)
+            for work, outcome in zip(batch, model.score(batch), strict=True)
+        ]
+
+    def get_num_bytes(self, batch: Sequence[TileWork]) -> int:
+        """Pixels read for the batch (Beam's ``num_bytes`` metric)."""
+        return sum(w.region.read_width * w.region.read_height * 3 for w in batch)
+
+    def get_metrics_namespace(self) -> str:
+        """Namespace of RunInference's own metrics."""
+        return METRICS_NAMESPACE
+
+
+def _keyed_outcome(result: PredictionResult) -> tuple[str, tuple[TileRegion, TileOutcome]]:
+    """(uri, (region, outcome)): positions and probabilities only, never pixels."""
+    work = cast(TileWork, result.example)  # PredictionResult's fields are generic
+    return work.uri, (work.region, cast(TileOutcome, result.inference))
+
+
+# ------------------------------------------------------------------ per slide
+
+
+class _FinishSlide(beam.DoFn):
+    """A slide's header and tile outcomes -> its result row, tile rows and heatmap."""
+
+    def __init__(self, job: SlideJob, identity: ModelIdentity) -> None:
+        self.job = job
+        self.identity = identity
+        self.scored = Metrics.counter(METRICS_NAMESPACE, "slides_scored")
+        self.tiles = Metrics.counter(METRICS_NAMESPACE, "tiles_scored")
+        self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
+        self.heatmaps = Metrics.counter(METRICS_NAMESPACE, "heatmaps_written")
+        self.heatmaps_failed = Metrics.counter(METRICS_NAMESPACE, "heatmaps_failed")
+
+    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
+        uri, grouped = element
+        (header,) = grouped[HEADERS]
+        outcomes = sorted(grouped[TILES], key=lambda t: (t[0].y, t[0].x))  # row-major
+        failed = [o for _r, o in outcomes if o.probability is None]
+        if failed or len(outcomes) != header.tissue_tiles:
+            reason = failed[0].error if failed else "tiles went missing"
+            self.failed.inc()
+            logger.warning("Could not score slide %s: %s", uri, reason)
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, ErrorRow.build(uri, f"{len(failed)} tiles unreadable: {reason}", "read")
+            )
+            return
+        template = TilePlan.from_dict(header.plan)
+        regions = [r for r, _o in outcomes]
+        plan = template.with_tiles(regions)
+        probabilities = [float(o.probability or 0.0) for _r, o in outcomes]
+        summary = summarise(plan, probabilities, self.job.settings)
+        width, height = plan.geometry.dimensions
+        self.scored.inc()
+        self.tiles.inc(len(regions))
+        yield ResultRow.for_slide(
+            uri,
+            summary,
+            model_name=self.identity.name,
+            model_version=self.identity.version,
+            width=width,
+            height=height,
+        )
+        rows = tile_rows(uri, regions, probabilities, self.identity)
+        for row in rows:
+            yield beam.pvalue.TaggedOutput(TILES, row)
+        target = RunLayout(self.job.output).heatmap(uri, self.job.base)
+        try:
+            png = slide_heatmap_png(
+                uri, _unpng(header.thumbnail_png), header.thumbnail_downsample, rows, summary
+            )
+            files.write_file(target, png, mime_type="image/png")
+        except Exception as exc:  # a heatmap is a by-product: never lose the row for it
+            self.heatmaps_failed.inc()
+            logger.warning("Could not write the heatmap of %s: %s", uri, one_line(exc))
+            return
+        self.heatmaps.inc()
+
+
+class ScoreSlides(beam.PTransform):
+    """Slide inputs (``MatchedFile``) -> ``results``, ``errors``, ``tiles`` and ``whole``.
+
+    ``whole`` holds the ``CheckedImage`` of inputs the tiling rule scores whole
+    (for the patch path); heatmaps are written under ``<output>/heatmaps/`` and
+    tile rows under ``<output>/tiles/`` (see the module docstring).
+
+    Args:
+        job: the slide settings and outputs (:func:`slide_job`).
+        handler: the job's model handler (local or TF Serving), wrapped per tile batch.
+        identity: the model identity stamped on the rows.
+    """
+
+    def __init__(self, job: SlideJob, handler: Any, identity: ModelIdentity) -> None:
+        super().__init__()
+        self.job = job
+        self.handler = handler
+        self.identity = identity
+
+    def expand(self, slides: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Plan, fan out, score, group back; write the tile rows; return the rows."""
+        planned = slides | "PlanSlides" >> beam.ParDo(_PlanSlide(self.job.settings)).with_outputs(
+            HEADERS, WHOLE, ERRORS, main=TILES
+        )
+        handler = TileModelHandler(self.handler, max_pixels=self.job.settings.max_pixels)
+        scored_tiles = (
+            planned[TILES]
+            | "SpreadTiles" >> beam.Reshuffle()
+            | "ScoreTiles" >> RunInference(handler)
+            | "KeyByInput" >> beam.Map(_keyed_outcome)
+        )
+        finished = (
+            {HEADERS: planned[HEADERS], TILES: scored_tiles}
+            | "GroupPerSlide" >> beam.CoGroupByKey()
+            | "FinishSlides"
+            >> beam.ParDo(_FinishSlide(self.job, self.identity)).with_outputs(
+                TILES, ERRORS, main="results"
+            )
+        )
+        _ = finished[TILES] | "WriteTiles" >> WriteTiles(
+            self.job.output, self.job.formats, self.job.num_shards
+        )
+        errors = (planned[ERRORS], finished[ERRORS]) | "SlideErrors" >> beam.Flatten()
+        return {
+            "results": finished.results,
+            ERRORS: errors,
+            TILES: finished[TILES],
+            WHOLE: planned[WHOLE],
+        }
+
+
+class WriteTiles(beam.PTransform):
+    """Tile rows -> ``<output>/tiles/part-*.jsonl`` (+ ``.parquet`` when asked); none if empty."""
+
+    def __init__(
+        self, output: str, formats: tuple[str, ...] = ("jsonl",), num_shards: int = 0
+    ) -> None:
+        super().__init__()
+        self.prefix = RunLayout(output).tiles_prefix
+        self.formats = formats
+        self.num_shards = num_shards
+
+    def expand(self, rows: beam.PCollection) -> tuple[beam.PCollection, ...]:
+        """Write the tile rows; a run without tiled inputs writes no tile file."""
+        written = [
+            rows
+            | "TilesToJson" >> beam.Map(TileRow.to_json)
+            | "WriteTilesJsonl"
+            >> beam.io.WriteToText(
+                self.prefix,
+                file_name_suffix=ROW_FORMATS["jsonl"],
+                num_shards=self.num_shards,
+                skip_if_empty=True,
+            )
+        ]
+        if "parquet" in self.formats:
+            # WriteToFiles, unlike WriteToParquet, writes no file for no rows.
+            folder, name = self.prefix.rsplit("/", 1)
+            written.append(
+                rows
+                | "TilesToDicts" >> beam.Map(TileRow.to_dict)
+                | "WriteTilesParquet"
+                >> fileio.WriteToFiles(
+                    path=folder,
+                    file_naming=fileio.default_file_naming(name, ROW_FORMATS["parquet"]),
+                    sink=lambda _dest: _ParquetSink(),
+                    shards=self.num_shards or None,
+                )
+            )
+        return tuple(written)
+
+
+class _ParquetSink(fileio.FileSink):
+    """Tile rows into one Parquet file, a row group per ``ROW_GROUP`` rows."""
+
+    ROW_GROUP = 50_000
+
+    def __init__(self) -> None:
+        self._rows: list[dict[str, Any]] = []
+        self._writer: Any = None
+        self._file: Any = None
+
+    def open(self, fh: Any) -> None:
+        """Start a Parquet file on Beam's file handle."""
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        self._file = pa.PythonFile(fh, mode="w")
+        self._writer = pq.ParquetWriter(self._file, stages.tile_parquet_schema())
+        self._rows = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        """Buffer one row; write a row group when the buffer is full."""
+        self._rows.append(record)
+        if len(self._rows) >= self.ROW_GROUP:
+            self._write_group()
+
+    def flush(self) -> None:
+        """Write what is buffered and close the Parquet footer (Beam closes the handle)."""
+        self._write_group()
+        self._writer.close()
+
+    def _write_group(self) -> None:
+        import pyarrow as pa
+
+        if self._rows:
+            schema = stages.tile_parquet_schema()
+            self._writer.write_table(pa.Table.from_pylist(self._rows, schema=schema))
+            self._rows = []

@@ -1,0 +1,213 @@
+"""The scoring job on slides: a real run over a synthetic slide, a large plain image,
+patches and five kinds of bad slides (DirectRunner, the tiny SavedModel, OpenSlide)."""
+
+from __future__ import annotations
+
+import io
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from histo_common.results import SLIDE_COLUMNS, ResultRow, TileRow
+from histo_common.samples import generate_slide, synth_slide_image
+from model_export.slide_scoring import SlideSettings, score_input
+
+# name -> a word its error reason must hold
+BAD_SLIDES = {
+    "cut.tif": "truncated",
+    "missing.tif": "missing level",
+    "flat.tif": "without a pyramid",
+    "notes.svs": "not a whole-slide image",
+    "case.mrxs": "companion folder",
+}
+MAX_PIXELS = 600_000  # flat.tif (1000x800, no pyramid) is over it; pyramids are not held to it
+
+
+def _rows(pattern: str) -> list[dict]:  # type: ignore[type-arg]
+    from beam_jobs import files
+
+    return [
+        json.loads(line)
+        for uri in files.list_files(pattern)
+        for line in Path(uri).read_text().splitlines()
+        if line.strip()
+    ]
+
+
+def _write_bad_slides(root: Path, slide: Path) -> None:
+    data = slide.read_bytes()
+    (root / "cut.tif").write_bytes(data[: len(data) // 2])
+    shutil.copy(slide, root / "missing.tif")
+    with tifffile.TiffFile(root / "missing.tif", mode="r+b") as tif:
+        page = tif.pages[1]
+        n = len(page.dataoffsets)
+        page.tags["TileOffsets"].overwrite([0] * n)
+        page.tags["TileByteCounts"].overwrite([0] * n)
+    flat, _ = synth_slide_image(1000, 800, seed=5)
+    tifffile.imwrite(root / "flat.tif", flat, tile=(256, 256), photometric="rgb")
+    (root / "notes.svs").write_text("these are notes\n")
+    (root / "case.mrxs").write_text("[GENERAL]\n")
+
+
+@dataclass(frozen=True)
+class SlideRun:
+    output: Path
+    inputs: Path
+    slide: str
+    big_png: str
+    patches: list[str]
+
+
+@pytest.fixture(scope="module")
+def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model) -> SlideRun:  # type: ignore[no-untyped-def]
+    from beam_jobs import score
+
+    root = tmp_path_factory.mktemp("slide-inputs")
+    slide = generate_slide(str(root / "slide.tif"), 1024, 768, seed=3, mpp=None).uri
+    generate_slide(str(root / "glass.tif"), 600, 400, seed=1, islands=0, lesion=False)
+    big, _ = synth_slide_image(300, 200, seed=4)
+    Image.fromarray(big).save(root / "field.png")
+    patches = []
+    for path in sorted((sample_dir / "malignant").glob("*.png"))[:2]:
+        shutil.copy(path, root / path.name)
+        patches.append(str(root / path.name))
+    bad = root / "bad"
+    bad.mkdir()
+    _write_bad_slides(bad, Path(slide))
+    output = tmp_path_factory.mktemp("slide-run") / "run"
+    score.run(
+        [
+            "--input",
+            f"{root}/**",
+            "--model",
+            tiny_model.root_uri,
+            "--output",
+            str(output),
+            "--formats",
+            "jsonl,parquet",
+            "--max-pixels",
+            str(MAX_PIXELS),
+        ]
+    )
+    return SlideRun(output, root, slide, str(root / "field.png"), patches)
+
+
+def test_every_input_is_one_row(slide_run: SlideRun) -> None:
+    results = {r["uri"]: r for r in _rows(f"{slide_run.output}/results/*.jsonl")}
+    errors = {r["uri"]: r for r in _rows(f"{slide_run.output}/errors/*.jsonl")}
+    glass = str(slide_run.inputs / "glass.tif")
+    assert set(results) == {slide_run.slide, slide_run.big_png, glass, *slide_run.patches}
+    assert set(errors) == {str(slide_run.inputs / "bad" / name) for name in BAD_SLIDES}
+    for name, word in BAD_SLIDES.items():
+        reason = errors[str(slide_run.inputs / "bad" / name)]["reason"]
+        assert word in reason and name in reason, reason
+    summary = json.loads((slide_run.output / "summary.json").read_text())
+    assert summary["matched"] == len(results) + len(errors)
+
+
+def test_patches_keep_todays_rows(slide_run: SlideRun, loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+    results = {r["uri"]: r for r in _rows(f"{slide_run.output}/results/*.jsonl")}
+    for uri in slide_run.patches:
+        row = results[uri]
+        assert not set(SLIDE_COLUMNS) & set(row), "a patch row must not carry slide fields"
+        (expected,) = loaded_tiny_model.predict([Path(uri).read_bytes()])
+        assert row["probability"] == pytest.approx(expected.probability, abs=1e-5)
+
+
+@pytest.mark.parametrize("which", ["slide", "big_png"])
+def test_tiled_input_rows_tiles_and_heatmap(
+    slide_run: SlideRun, loaded_tiny_model, which: str
+) -> None:  # type: ignore[no-untyped-def]
+    uri = getattr(slide_run, which)
+    row = ResultRow.from_dict(
+        next(r for r in _rows(f"{slide_run.output}/results/*.jsonl") if r["uri"] == uri)
+    )
+    tiles = [TileRow.from_dict(t) for t in _rows(f"{slide_run.output}/tiles/*.jsonl")]
+    tiles = sorted((t for t in tiles if t.uri == uri), key=lambda t: (t.y, t.x))
+    assert row.is_tiled and row.tiles_scored == len(tiles) > 0
+    assert row.tissue_tiles == len(tiles) < (row.grid_tiles or 0)
+    # The fan-out scores what the single-process loop scores, tile for tile.
+    model = loaded_tiny_model
+    settings = SlideSettings.from_metadata(model.metadata, max_pixels=MAX_PIXELS)
+    alone = score_input(model, uri, model.identity, settings)
+    assert [(t.x, t.y, t.width, t.height, t.level) for t in tiles] == [
+        (t.x, t.y, t.width, t.height, t.level) for t in alone.tiles
+    ]
+    np.testing.assert_allclose(
+        [t.probability for t in tiles], [t.probability for t in alone.tiles], atol=1e-5
+    )
+    assert alone.row is not None
+    assert row.probability == pytest.approx(alone.row.probability, abs=1e-5)
+    assert row.label == alone.row.label and row.positive_fraction == alone.row.positive_fraction
+    # Its heatmap, under heatmaps/ at the input's path.
+    name = Path(uri).name + ".heatmap.png"
+    (heatmap,) = [p for p in (slide_run.output / "heatmaps").rglob("*.png") if p.name == name]
+    with Image.open(io.BytesIO(heatmap.read_bytes())) as img:
+        assert img.format == "PNG" and img.width >= 512
+
+
+def test_tile_rows_also_in_parquet(slide_run: SlideRun) -> None:
+    import pyarrow.parquet as pq
+
+    from beam_jobs import files
+
+    jsonl = _rows(f"{slide_run.output}/tiles/*.jsonl")
+    tables = [pq.read_table(u) for u in files.list_files(f"{slide_run.output}/tiles/*.parquet")]
+    parquet = [r for t in tables for r in t.to_pylist()]
+    key = lambda r: (r["uri"], r["x"], r["y"])  # noqa: E731
+    assert sorted(parquet, key=key) == sorted(jsonl, key=key)
+
+
+def test_slide_of_clean_glass_scores_no_tile(slide_run: SlideRun) -> None:
+    uri = str(slide_run.inputs / "glass.tif")
+    (row,) = [r for r in _rows(f"{slide_run.output}/results/*.jsonl") if r["uri"] == uri]
+    assert row["tiles_scored"] == row["tissue_tiles"] == 0 and row["grid_tiles"] > 0
+    assert row["label"] == "benign" and row["probability"] == 0.0
+    assert not [t for t in _rows(f"{slide_run.output}/tiles/*.jsonl") if t["uri"] == uri]
+
+
+def test_patch_only_run_writes_no_tile_files(scored_run) -> None:  # type: ignore[no-untyped-def]
+    """A run without a tiled input has exactly today's outputs: no tiles/, no heatmaps/."""
+    written = {
+        p.relative_to(scored_run.output).parts[0]
+        for p in scored_run.output.rglob("*")
+        if p.is_file()
+    }
+    assert "results" in written and not written & {"tiles", "heatmaps"}
+
+
+def test_slide_tiles_scored_through_tf_serving(
+    tmp_path: Path, model_server: str, tiny_model, slide_run: SlideRun
+) -> None:  # type: ignore[no-untyped-def]
+    """--model (for the training scale) with --model-endpoint: tiles go to TF Serving as PNG."""
+    from beam_jobs import score
+
+    output = tmp_path / "served"
+    score.run(
+        [
+            "--input",
+            slide_run.slide,
+            "--model",
+            tiny_model.root_uri,
+            "--model-endpoint",
+            model_server,
+            "--output",
+            str(output),
+        ]
+    )
+    served = {(t["x"], t["y"]): t["probability"] for t in _rows(f"{output}/tiles/*.jsonl")}
+    local = {
+        (t["x"], t["y"]): t["probability"]
+        for t in _rows(f"{slide_run.output}/tiles/*.jsonl")
+        if t["uri"] == slide_run.slide
+    }
+    assert served.keys() == local.keys()
+    assert max(abs(served[k] - local[k]) for k in local) < 1e-4
+    (row,) = _rows(f"{output}/results/*.jsonl")
+    assert row["tiles_scored"] == len(local)
