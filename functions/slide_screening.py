@@ -192,7 +192,7 @@ def score_slide(
             if score.row is None:
                 raise SlideRefused(score.error or "could not be scored", score.stage)
             if not score.is_tiled:
-                doc = {"image_format": slide.geometry.vendor}
+                doc: dict[str, Any] = {"image_format": slide.geometry.vendor}
                 return ScoredSlide(score.row, None, None, doc)
             with clock.stage("heatmap"):
                 heatmap = score.heatmap_png()

@@ -163,7 +163,7 @@ def encode_overlay_png(canvas: np.ndarray) -> bytes:
         (
             b"\x89PNG\r\n\x1a\n",
             _png_chunk(b"IHDR", header),
-            _png_chunk(b"IDAT", zlib.compress(filtered, 1)),
+            _png_chunk(b"IDAT", zlib.compress(filtered.data, 1)),
             _png_chunk(b"IEND", b""),
         )
     )
@@ -174,8 +174,11 @@ def _png_chunk(tag: bytes, data: bytes) -> bytes:
 
 
 @functools.lru_cache(maxsize=1)
-def _font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
-    return ImageFont.load_default(size=_FONT_SIZE)
+def _font() -> ImageFont.FreeTypeFont:
+    font = ImageFont.load_default(size=_FONT_SIZE)
+    if not isinstance(font, ImageFont.FreeTypeFont):  # Pillow's wheels always have FreeType
+        raise RuntimeError("this Pillow was built without FreeType, which overlay captions need")
+    return font
 
 
 @functools.lru_cache(maxsize=256)

@@ -1,8 +1,9 @@
 """The app on tiled inputs: an uploaded slide, and a scoring run holding slides.
 
-The run is written by the shared slide scorer (``model_export.slide_scoring``)
-into the run layout, as the Beam job lays it out: result rows with the slide
-fields, tile rows, a heatmap per slide and ``summary.json``.
+The page is shown a run the real Beam scoring job wrote over a synthetic slide
+and a patch (result rows with the slide fields, tile rows, a heatmap per slide,
+``summary.json``); the data layer is also checked on a run written by the shared
+slide scorer (``model_export.slide_scoring``) into the run layout.
 """
 
 from __future__ import annotations
@@ -163,18 +164,40 @@ def test_the_data_layer_reads_slides_heatmaps_and_tiles(
     assert not data.is_tiled_row(run.results[run.results["uri"] == written.patch_uri].iloc[0])
 
 
-def test_the_scoring_runs_page_shows_its_slides(
-    monkeypatch: pytest.MonkeyPatch, tiny_model, loaded_tiny_model, tmp_path: Path, sample_dir: Path
+@pytest.fixture(scope="module")
+def beam_slide_run(
+    tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model
+) -> SlideRun:  # type: ignore[no-untyped-def]
+    """The real scoring job (DirectRunner) over one synthetic slide and one patch."""
+    from beam_jobs import score
+
+    root = tmp_path_factory.mktemp("beam-slides")
+    inputs = root / "inputs"
+    inputs.mkdir()
+    slide_uri = generate_slide(str(inputs / "slide.tif"), 768, 576, seed=5, mpp=None).uri
+    patch = sorted((sample_dir / "malignant").glob("*.png"))[0]
+    patch_uri = str(inputs / patch.name)
+    Path(patch_uri).write_bytes(patch.read_bytes())
+    run = RunLayout(str(root / "results" / "beam-run"))
+    score.run(["--input", f"{inputs}/*", "--model", tiny_model.root_uri, "--output", run.output])
+    tiles = data.load_tiles(run.output, slide_uri)
+    return SlideRun(run, slide_uri, patch_uri, len(tiles))
+
+
+def test_the_scoring_runs_page_shows_the_slides_of_a_beam_run(
+    monkeypatch: pytest.MonkeyPatch, tiny_model, beam_slide_run: SlideRun
 ) -> None:  # type: ignore[no-untyped-def]
-    written = write_slide_run(tmp_path, sample_dir, loaded_tiny_model)
-    at = _open("Scoring runs", monkeypatch, tiny_model, tmp_path / "results")
+    written = beam_slide_run
+    results = Path(written.run.output).parent
+    at = _open("Scoring runs", monkeypatch, tiny_model, results)
 
     metrics = {m.label: m.value for m in at.metric}
     assert (metrics["Images scored"], metrics["Slides (tiled)"]) == ("2", "1")
     slides = _table_with(at, "tiles_scored", without="scored_at")  # not the results table
     assert slides["uri"].tolist() == [written.slide_uri]
-    assert int(slides.iloc[0]["tiles_scored"]) == written.tiles_scored
+    assert int(slides.iloc[0]["tiles_scored"]) == written.tiles_scored > 0
     heatmap = written.run.heatmap(written.slide_uri, str(Path(written.slide_uri).parent))
+    assert Path(heatmap).is_file()  # where the run layout says the job wrote it
     assert f"Heatmap saved by the run: {heatmap}" in _captions(at)
     [fields] = [d.value for d in at.dataframe if "field" in d.value.columns]
     assert fields.set_index("field").loc["tiles_scored", "value"] == str(written.tiles_scored)
