@@ -13,8 +13,9 @@ a functions-framework subprocess on 127.0.0.1, binary CloudEvents over HTTP):
   PNG encoding, JSON) with every outcome; the medians of those log fields, plus
   the time outside the handler (HTTP, CloudEvent parsing, functions-framework),
   which a skipped event (a name that is not an image) also measures;
-- the bare ``LoadedModel.explain([bytes])`` on the same image, in this process
-  after the server has stopped: median and 95th percentile.
+- the bare ``LoadedModel.explain([bytes])`` on the same image, in this process,
+  one call right after each warm event (interleaved, so both see the same load on
+  a shared machine): median and 95th percentile.
 
 The model is ``buckets/models/histo-cnn`` when present, else an untrained
 ``build_custom_cnn(64)`` exported with ``model_export`` (speed does not need
@@ -35,6 +36,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -151,8 +153,13 @@ def stage_medians(entries: list[dict[str, Any]]) -> dict[str, float]:
     }
 
 
-def run_function(model_uri: str, image: bytes, work: Path, events: int) -> dict[str, Any]:
-    """Cold start, warm latency and its breakdown through a functions-framework subprocess."""
+def run_function(
+    model_uri: str, image: bytes, work: Path, events: int, bare: Callable[[], float]
+) -> dict[str, Any]:
+    """Cold start, warm latency and its breakdown through a functions-framework subprocess.
+
+    ``bare`` times one bare ``explain`` call; it runs after each warm event.
+    """
     import requests
 
     root = work / "buckets"
@@ -198,12 +205,13 @@ def run_function(model_uri: str, image: bytes, work: Path, events: int) -> dict[
         client.post("cold.png")
         cold = time.perf_counter() - started
         check_outputs(uploads, "cold.png")
-        warm = []
+        warm, bare_times = [], []
         for i in range(events):
             name = f"warm-{i:03d}.png"
             (uploads / name).write_bytes(image)
             warm.append(client.post(name))
             check_outputs(uploads, name)
+            bare_times.append(bare())
         (uploads / "notes.txt").write_text("not an image")
         skipped = [client.post("notes.txt") for _ in range(events)]
         client.close()
@@ -221,6 +229,7 @@ def run_function(model_uri: str, image: bytes, work: Path, events: int) -> dict[
         "cold_start_s": round(cold, 3),
         "cold_event_stages_ms": cold_log["stages_ms"],
         "warm": warm,
+        "bare": bare_times,
         "warm_stages_ms": stage_medians(warm_logs),
         "warm_handler_ms": round(statistics.median(e["elapsed_ms"] for e in warm_logs), 2),
         "warm_outside_handler_ms": round(statistics.median(outside), 2),
@@ -228,19 +237,20 @@ def run_function(model_uri: str, image: bytes, work: Path, events: int) -> dict[
     }
 
 
-def run_bare(model_uri: str, image: bytes, events: int) -> list[float]:
-    """Time ``LoadedModel.explain([image])`` after a short warm-up."""
+def bare_explain(model_uri: str, image: bytes) -> Callable[[], float]:
+    """Load the model here and return a timer of one ``LoadedModel.explain([image])`` call."""
     from model_export.loader import load_model
 
     model = load_model(model_uri)
     for _ in range(3):
         model.explain([image])
-    times = []
-    for _ in range(events):
+
+    def timed() -> float:
         started = time.perf_counter()
         model.explain([image])
-        times.append(time.perf_counter() - started)
-    return times
+        return time.perf_counter() - started
+
+    return timed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -256,8 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         model_uri, model_description = benchmark_model(work, args.model)
         image = sample_image(work)
-        function = run_function(model_uri, image, work, args.events)
-        bare = run_bare(model_uri, image, args.events)
+        function = run_function(model_uri, image, work, args.events, bare_explain(model_uri, image))
+        bare = function["bare"]
     finally:
         shutil.rmtree(work, ignore_errors=True)
     warm = summary_ms(function["warm"])
