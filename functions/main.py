@@ -12,7 +12,10 @@ fails at start with one clear sentence; the model loads on the first event.
   raw body. Returns the prediction JSON; with ``?gradcam=1`` (or
   ``Accept: image/png``) the Grad-CAM overlay PNG instead; with
   ``?gradcam=base64`` the JSON with the PNG in ``gradcam_png_base64``.
-  A bad upload is a 400 with ``{"error": ...}``.
+  A bad upload is a 400 with ``{"error": ...}``. An upload larger than the tiling
+  rule scores whole is tiled as on ``on_upload``: the JSON has the slide fields,
+  the overlay is the most suspicious tile's, and ``?gradcam=base64`` adds the
+  heatmap as ``heatmap_png_base64``.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from cloudevents.http import CloudEvent
 from functions import runtime, screening
 from functions.logs import log_context
 from functions.page import upload_page
+from functions.slide_screening import SlideRefused
 from histo_common import DISCLAIMER
 from histo_common.images import ImageError
 from model_export.loader import ModelLoadError
@@ -114,12 +118,17 @@ def _predict(request: flask.Request) -> flask.Response:
             logger.error("model unavailable: %s", exc)
             return _json({"error": f"the model is unavailable: {exc}"}, 503)
         try:
-            scored = screening.score_image(data, f"upload:{filename}", model, settings)
+            scored = screening.score_upload(data, f"upload:{filename}", model, settings)
         except ImageError as exc:
             logger.info("rejected upload: %s", exc)
             return _json({"error": f"{filename}: {exc}", "disclaimer": DISCLAIMER}, 400)
+        except SlideRefused as exc:
+            logger.info("refused upload: %s", exc.reason)
+            return _json({"error": exc.reason, "disclaimer": DISCLAIMER}, 400)
         logger.info("scored upload: %s p=%.3f", scored.row.label, scored.row.probability)
     if mode in ("1", "png"):
+        if scored.overlay_png is None:  # a slide without tissue tiles has no Grad-CAM
+            return _json({"error": f"{filename}: no tissue tiles, so no Grad-CAM overlay"}, 404)
         return flask.Response(
             scored.overlay_png,
             mimetype="image/png",
@@ -128,7 +137,8 @@ def _predict(request: flask.Request) -> flask.Response:
                 "X-Prediction-Probability": f"{scored.row.probability:.6f}",
             },
         )
-    return _json(screening.upload_document(scored, include_overlay=mode == "base64"), 200)
+    doc = screening.upload_document(scored, include_overlay=mode == "base64", model_uri=model.uri)
+    return _json(doc, 200)
 
 
 def _json(doc: dict[str, Any], status: int) -> flask.Response:

@@ -2,7 +2,8 @@
 
 No external assets (the function may run where nothing outside is reachable). The
 page posts the chosen file to ``predict?gradcam=base64`` and shows the image, the
-prediction, the Grad-CAM overlay and the research-use disclaimer.
+prediction, the Grad-CAM overlay (of the most suspicious tile, for a tiled upload,
+with its heatmap and slide fields) and the research-use disclaimer.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ _PAGE = """<!doctype html>
 <h1>histoscreen</h1>
 <p class="disclaimer" id="disclaimer">__DISCLAIMER__</p>
 <form id="form">
-  <input type="file" id="file" name="file" accept="image/*" required>
+  <input type="file" id="file" name="file" accept="image/*,.svs,.ndpi,.scn,.tif,.tiff" required>
   <button type="submit">Screen</button>
 </form>
 <p id="status" role="status"></p>
@@ -41,7 +42,11 @@ _PAGE = """<!doctype html>
   <figure hidden id="original-fig"><img id="original" alt="uploaded image">
     <figcaption>uploaded image</figcaption></figure>
   <figure hidden id="overlay-fig"><img id="overlay" alt="Grad-CAM overlay">
-    <figcaption>Grad-CAM: where the model looked for the malignant class</figcaption></figure>
+    <figcaption id="overlay-caption">Grad-CAM: where the model looked for the malignant class
+    </figcaption></figure>
+  <figure hidden id="heatmap-fig"><img id="heatmap" alt="tile heatmap">
+    <figcaption>Tile probabilities over the slide (a large upload is scored tile by tile)
+    </figcaption></figure>
   <table hidden id="prediction"><tbody></tbody></table>
 </div>
 <script>
@@ -52,7 +57,7 @@ form.addEventListener("submit", async (event) => {
   event.preventDefault();
   const file = document.getElementById("file").files[0];
   if (!file) { return; }
-  ["original-fig", "overlay-fig", "prediction"].forEach((id) => show(id, false));
+  ["original-fig", "overlay-fig", "heatmap-fig", "prediction"].forEach((id) => show(id, false));
   statusLine.className = "";
   statusLine.textContent = "Screening " + file.name + " ...";
   document.getElementById("original").src = URL.createObjectURL(file);
@@ -63,8 +68,18 @@ form.addEventListener("submit", async (event) => {
     const response = await fetch("predict?gradcam=base64", { method: "POST", body: body });
     const doc = await response.json();
     if (!response.ok) { throw new Error(doc.error || response.statusText); }
-    document.getElementById("overlay").src = "data:image/png;base64," + doc.gradcam_png_base64;
-    show("overlay-fig", true);
+    const tiled = doc.tiles_scored !== undefined;
+    if (doc.gradcam_png_base64) {
+      document.getElementById("overlay").src = "data:image/png;base64," + doc.gradcam_png_base64;
+      document.getElementById("overlay-caption").textContent = tiled
+        ? "Grad-CAM of the most suspicious tile"
+        : "Grad-CAM: where the model looked for the malignant class";
+      show("overlay-fig", true);
+    }
+    if (doc.heatmap_png_base64) {
+      document.getElementById("heatmap").src = "data:image/png;base64," + doc.heatmap_png_base64;
+      show("heatmap-fig", true);
+    }
     const rows = [
       ["label", doc.label],
       ["p(malignant)", Number(doc.probability).toFixed(3)],
@@ -72,6 +87,11 @@ form.addEventListener("submit", async (event) => {
       ["model", doc.model_name + " v" + doc.model_version],
       ["image", doc.image_width + " x " + doc.image_height + " " + doc.image_format],
     ];
+    if (tiled) {
+      rows.push(["tiles scored", doc.tiles_scored + " of " + doc.grid_tiles]);
+      rows.push(["top-" + doc.top_k + " mean", Number(doc.top_k_mean).toFixed(3)]);
+      rows.push(["scale", doc.scale]);
+    }
     const tbody = document.querySelector("#prediction tbody");
     tbody.replaceChildren(...rows.map(([k, v]) => {
       const tr = document.createElement("tr");

@@ -36,6 +36,7 @@ from functions.logs import StageClock, log_context
 from functions.outputs import Priors, json_bytes, read_prior, write_output, write_unseen
 from functions.settings import FunctionSettings
 from functions.slide_screening import (
+    ScoredSlide,
     SlideRefused,
     is_multi_file_name,
     is_slide_name,
@@ -43,6 +44,7 @@ from functions.slide_screening import (
     multi_file_reason,
     needs_tiling,
     score_slide,
+    score_slide_bytes,
     too_large_reason,
 )
 from histo_common import DISCLAIMER, bucket_events, storage
@@ -203,11 +205,34 @@ def score_image(
     return ScoredImage(row=row, overlay_png=overlay, info=info, model_uri=model.uri)
 
 
-def upload_document(scored: ScoredImage, *, include_overlay: bool = False) -> dict[str, Any]:
-    """The prediction JSON for an HTTP upload, optionally with the overlay as base64 PNG."""
-    extra: dict[str, Any] = {"image_format": scored.info.format, "model_uri": scored.model_uri}
+def score_upload(
+    data: bytes, name: str, model: LoadedModel, settings: FunctionSettings
+) -> ScoredImage | ScoredSlide:
+    """Score an HTTP upload by the one tiling rule: whole (a patch) or tile by tile.
+
+    Raises:
+        ImageError: a patch that is not a usable image (see :func:`score_image`).
+        SlideRefused: a tiled upload that cannot be scored here, with the reason.
+    """
+    if is_slide_name(name) or needs_tiling(data, name, model):
+        return score_slide_bytes(data, name, model, settings, StageClock())
+    return score_image(data, name, model, settings)
+
+
+def upload_document(
+    scored: ScoredImage | ScoredSlide, *, include_overlay: bool = False, model_uri: str = ""
+) -> dict[str, Any]:
+    """The prediction JSON for an HTTP upload, optionally with the pictures as base64 PNG."""
+    if isinstance(scored, ScoredSlide):
+        extra: dict[str, Any] = {**scored.document, "model_uri": model_uri}
+        pictures = {"gradcam": scored.overlay_png, "heatmap": scored.heatmap_png}
+    else:
+        extra = {"image_format": scored.info.format, "model_uri": scored.model_uri}
+        pictures = {"gradcam": scored.overlay_png}
     if include_overlay:
-        extra["gradcam_png_base64"] = base64.b64encode(scored.overlay_png).decode("ascii")
+        for kind, png in pictures.items():
+            if png is not None:
+                extra[f"{kind}_png_base64"] = base64.b64encode(png).decode("ascii")
     return prediction_document(scored.row, **extra)
 
 

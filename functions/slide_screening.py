@@ -24,7 +24,7 @@ import io
 import logging
 import shlex
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from functions.logs import StageClock
@@ -143,8 +143,31 @@ def needs_tiling(data: bytes, uri: str, model: LoadedModel) -> bool:
     return plan_tiles(geometry, scale, model_input_size=model.metadata.image_size).is_tiled
 
 
+def score_slide_bytes(
+    data: bytes, name: str, model: LoadedModel, settings: FunctionSettings, clock: StageClock
+) -> ScoredSlide:
+    """:func:`score_slide` for an upload held in memory (``predict_http``), called ``name``.
+
+    The bytes go to a temporary file named like the upload (slide readers read
+    files and some formats are told by their suffix); rows and reasons say ``name``.
+    """
+    base = storage.basename(name) or "upload"
+    with tempfile.TemporaryDirectory(prefix="histoscreen-post-") as folder:
+        path = f"{folder}/{base}"
+        storage.write_bytes(path, data)
+        try:
+            return score_slide(path, model, settings, clock, name=name)
+        except SlideRefused as exc:
+            raise SlideRefused(exc.reason.replace(path, name), exc.stage) from exc
+
+
 def score_slide(
-    uri: str, model: LoadedModel, settings: FunctionSettings, clock: StageClock
+    uri: str,
+    model: LoadedModel,
+    settings: FunctionSettings,
+    clock: StageClock,
+    *,
+    name: str | None = None,
 ) -> ScoredSlide:
     """Tile and score one upload, draw its heatmap and the top tile's Grad-CAM.
 
@@ -154,6 +177,7 @@ def score_slide(
         model: the loaded model (its metadata gives the scale and the slide rule).
         settings: the function's limits.
         clock: where the time of each stage is added.
+        name: what the rows call the input, when not ``uri`` (an HTTP upload).
 
     Returns:
         The row and pictures to write.
@@ -191,12 +215,15 @@ def score_slide(
                 score = score_input(model, uri, model.identity, slide_settings, slide=slide)
             if score.row is None:
                 raise SlideRefused(score.error or "could not be scored", score.stage)
+            row = replace(score.row, uri=name) if name else score.row
             if not score.is_tiled:
                 doc: dict[str, Any] = {"image_format": slide.geometry.vendor}
-                return ScoredSlide(score.row, None, None, doc)
+                return ScoredSlide(row, None, None, doc)
             with clock.stage("heatmap"):
                 heatmap = score.heatmap_png()
-            top_tiles = score.top_tiles(TOP_TILES_LISTED)
+            top_tiles = [
+                replace(t, uri=name) if name else t for t in score.top_tiles(TOP_TILES_LISTED)
+            ]
             overlay = None
             doc = {
                 "image_format": slide.geometry.vendor,
@@ -215,4 +242,4 @@ def score_slide(
                         positive_class=model.metadata.positive_class,
                     )
                 doc["gradcam_tile"] = top.tile.to_dict()
-    return ScoredSlide(score.row, heatmap, overlay, doc)
+    return ScoredSlide(row, heatmap, overlay, doc)

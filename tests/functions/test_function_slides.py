@@ -282,3 +282,40 @@ def test_watcher_scores_a_dropped_slide(tmp_path, tiny_model):
     assert doc["tiles_scored"] > 0
     heat = np.asarray(Image.open(uploads / "dropped.tif.heatmap.png").convert("RGB"))
     assert heat.std() > 10  # a picture, not a blank
+
+
+def test_predict_http_tiles_a_large_upload(make_client, tiny_model):  # type: ignore[no-untyped-def]
+    import base64
+
+    image, _ = synth_slide_image(400, 300, seed=4, islands=2, lesion=True)
+    client = make_client(tiny_model.root_uri, target="predict_http")
+
+    response = client.post(
+        "/predict?gradcam=base64",
+        data={"file": (io.BytesIO(encode_png(image)), "field.png")},
+        content_type="multipart/form-data",
+    )
+
+    assert response.status_code == 200
+    doc = response.get_json()
+    assert doc["uri"] == "upload:field.png" and doc["tiles_scored"] > 0
+    assert {t["uri"] for t in doc["top_tiles"]} == {"upload:field.png"}
+    text = json.dumps(
+        {k: v for k, v in doc.items() if not k.endswith("_base64") and k != "model_uri"}
+    )
+    assert "/tmp" not in text  # the scratch copy's path never shows
+    for key in ("heatmap_png_base64", "gradcam_png_base64"):
+        with Image.open(io.BytesIO(base64.b64decode(doc[key]))) as picture:
+            assert picture.format == "PNG"
+    overlay = client.post("/predict?gradcam=1", data=encode_png(image))
+    assert overlay.status_code == 200 and overlay.mimetype == "image/png"
+    assert overlay.headers["X-Prediction-Label"] == doc["label"]
+
+    refused = client.post(
+        "/predict",
+        data={"file": (io.BytesIO(b"notes, not a slide"), "notes.svs")},
+        content_type="multipart/form-data",
+    )
+    assert refused.status_code == 400
+    reason = refused.get_json()["error"]
+    assert reason.startswith("upload:notes.svs: not a whole-slide image") and "/tmp" not in reason
