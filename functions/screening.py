@@ -460,14 +460,7 @@ def _write_outputs(
                 likely_absent=job.priors.prediction is None,
             )
             written.append(uri)
-        write_output(
-            prediction_uri(job.uri),
-            prediction,
-            "application/json",
-            job.generation,
-            job.event_id,
-            seen=job.priors.prediction_seen,
-        )
+        _write_json(job, prediction_uri(job.uri), prediction, seen=job.priors.prediction_seen)
     except storage.PreconditionFailed:
         return Outcome(Status.DUPLICATE, job.uri, _RACE_LOST)
     if job.priors.error is not None:  # from an earlier, bad generation
@@ -475,19 +468,16 @@ def _write_outputs(
     return Outcome(Status.SCORED, job.uri, summary, (*written, prediction_uri(job.uri)))
 
 
+def _write_json(job: _Job, uri: str, body: bytes, *, seen: int | None) -> None:
+    write_output(uri, body, "application/json", job.generation, job.event_id, seen=seen)
+
+
 def _write_error(job: _Job, reason: str, stage: str) -> Outcome:
     doc = event_error_document(
         job.uri, reason, stage, event_id=job.event_id, generation=job.generation
     )
     try:
-        write_output(
-            error_uri(job.uri),
-            json_bytes(doc),
-            "application/json",
-            job.generation,
-            job.event_id,
-            seen=job.priors.error_seen,
-        )
+        _write_json(job, error_uri(job.uri), json_bytes(doc), seen=job.priors.error_seen)
     except storage.PreconditionFailed:
         return Outcome(Status.DUPLICATE, job.uri, _RACE_LOST)
     # Outputs of an earlier, good generation would now describe a different file.

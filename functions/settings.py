@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import TypeVar
 
 from histo_common import storage
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
+
+_N = TypeVar("_N", int, float)
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 DEFAULT_TIMEOUT_SECONDS = 120  # infra/variables.tf function_timeout_seconds
@@ -125,26 +128,24 @@ class FunctionSettings:
 
 
 def _positive_int(env: Mapping[str, str], name: str, default: int) -> int:
-    raw = env.get(name, "").strip()
-    if not raw:
-        return default
-    try:
-        value = int(raw.replace("_", ""))
-    except ValueError as exc:
-        raise ConfigError(f"{name} must be a whole number > 0, got {raw!r}") from exc
-    if value <= 0:
-        raise ConfigError(f"{name} must be a whole number > 0, got {raw!r}")
-    return value
+    return _positive(env, name, default, int, "a whole number")
 
 
 def _positive_float(env: Mapping[str, str], name: str, default: float) -> float:
+    return _positive(env, name, default, float, "a number")
+
+
+def _positive(
+    env: Mapping[str, str], name: str, default: _N, parse: Callable[[str], _N], what: str
+) -> _N:
+    """``env[name]`` parsed and checked to be finite and > 0; ``default`` when unset."""
     raw = env.get(name, "").strip()
     if not raw:
         return default
     try:
-        value = float(raw.replace("_", ""))
+        value = parse(raw.replace("_", ""))
     except ValueError as exc:
-        raise ConfigError(f"{name} must be a number > 0, got {raw!r}") from exc
+        raise ConfigError(f"{name} must be {what} > 0, got {raw!r}") from exc
     if not (value > 0 and math.isfinite(value)):
-        raise ConfigError(f"{name} must be a number > 0, got {raw!r}")
+        raise ConfigError(f"{name} must be {what} > 0, got {raw!r}")
     return value

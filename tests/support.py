@@ -24,6 +24,29 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: flo
     return bool(predicate())
 
 
+def function_env(**extra: str) -> dict[str, str]:
+    """The environment for a function or watcher subprocess: this one, importing this checkout."""
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ)
+    env.pop("LOCAL_BUCKET_ROOT", None)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    env.update(extra)
+    return env
+
+
+def answers(url: str) -> bool:
+    """True when something answers HTTP at ``url``."""
+    import requests
+
+    try:
+        requests.get(url, timeout=2)
+        return True
+    except requests.RequestException:
+        return False
+
+
 CHROMIUM = "/usr/bin/chromium"
 # Headless Chromium on a machine with no network but loopback: no background
 # connections, no sandbox (tests run as root), no GPU.

@@ -115,3 +115,40 @@ def make_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., objec
     root.setLevel(level)
     sys.path[:] = path
     sys.modules.pop("main", None)
+
+
+@pytest.fixture
+def function_server(gcs_emulator, tiny_model_gcs, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+    """``on_upload`` under a functions-framework subprocess, on the session's emulator."""
+    import subprocess
+
+    from support import answers, free_port, function_env, wait_for
+
+    port = free_port()
+    log = (tmp_path / "server.log").open("w")
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "functions_framework",
+            "--target=on_upload",
+            "--signature-type=cloudevent",
+            f"--source={MAIN_SOURCE}",
+            "--host=127.0.0.1",
+            f"--port={port}",
+        ],
+        env=function_env(
+            MODEL_URI=tiny_model_gcs, STORAGE_EMULATOR_HOST=gcs_emulator.host, WORKERS="1"
+        ),
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
+    url = f"http://127.0.0.1:{port}/"
+    try:
+        assert wait_for(lambda: answers(url) or server.poll() is not None, timeout=60)
+        assert server.poll() is None, (tmp_path / "server.log").read_text()
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=20)
+        log.close()

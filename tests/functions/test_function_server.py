@@ -14,60 +14,12 @@ from pathlib import Path
 
 import pytest
 import requests
-from support import free_port, wait_for
+from support import answers, free_port, function_env
 
 from functions import runtime, screening
 from histo_common import storage
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MAIN_SOURCE = REPO_ROOT / "functions" / "main.py"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LOCAL_BUCKET_ROOT", None)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update(extra)
-    return env
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=2)
-        return True
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture
-def function_server(gcs_emulator, tiny_model_gcs, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """``on_upload`` under a functions-framework subprocess, on the session's emulator."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target=on_upload",
-            "--signature-type=cloudevent",
-            f"--source={MAIN_SOURCE}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        env=_env(MODEL_URI=tiny_model_gcs, STORAGE_EMULATOR_HOST=gcs_emulator.host, WORKERS="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        assert wait_for(lambda: _answers(url) or server.poll() is not None, timeout=60)
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
 
 
 def _post(url: str, event) -> requests.Response:  # type: ignore[no-untyped-def]
@@ -175,7 +127,7 @@ def test_watcher_picks_up_a_dropped_file(tmp_path, tiny_model, benign_png):
             "170",
         ],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=function_env(),
         stdout=subprocess.PIPE,
         stderr=(tmp_path / "watch.log").open("w"),
         text=True,
@@ -198,4 +150,4 @@ def test_watcher_picks_up_a_dropped_file(tmp_path, tiny_model, benign_png):
         watcher.send_signal(signal.SIGTERM)
         code = watcher.wait(timeout=30)
     assert code == 0, (tmp_path / "watch.log").read_text()
-    assert not _answers(url)  # the watcher stopped its function server
+    assert not answers(url)  # the watcher stopped its function server

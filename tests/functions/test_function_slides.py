@@ -4,18 +4,16 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import shlex
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import requests
 from PIL import Image
-from support import free_port, wait_for
+from support import function_env
 
 from functions import screening
 from functions.settings import FunctionSettings
@@ -23,54 +21,6 @@ from histo_common import storage
 from histo_common.samples import SlideSample, encode_png, generate_slide, synth_slide_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-MAIN_SOURCE = REPO_ROOT / "functions" / "main.py"
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = dict(os.environ)
-    env.pop("LOCAL_BUCKET_ROOT", None)
-    env["PYTHONPATH"] = str(REPO_ROOT)
-    env.update(extra)
-    return env
-
-
-def _answers(url: str) -> bool:
-    try:
-        requests.get(url, timeout=2)
-        return True
-    except requests.RequestException:
-        return False
-
-
-@pytest.fixture
-def slide_server(gcs_emulator, tiny_model_gcs, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
-    """``on_upload`` under a functions-framework subprocess on the session's emulator."""
-    port = free_port()
-    log = (tmp_path / "server.log").open("w")
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "functions_framework",
-            "--target=on_upload",
-            "--signature-type=cloudevent",
-            f"--source={MAIN_SOURCE}",
-            "--host=127.0.0.1",
-            f"--port={port}",
-        ],
-        env=_env(MODEL_URI=tiny_model_gcs, STORAGE_EMULATOR_HOST=gcs_emulator.host, WORKERS="1"),
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}/"
-    try:
-        assert wait_for(lambda: _answers(url) or server.poll() is not None, timeout=60)
-        assert server.poll() is None, (tmp_path / "server.log").read_text()
-        yield url
-    finally:
-        server.terminate()
-        server.wait(timeout=20)
-        log.close()
 
 
 def _post(url: str, event) -> requests.Response:  # type: ignore[no-untyped-def]
@@ -97,7 +47,7 @@ def _overlaps_lesion(tile: dict, sample: SlideSample) -> bool:
 
 
 def test_slide_upload_gets_heatmap_overlay_and_slide_fields(
-    slide_server, gcs_bucket, finalized_event, tmp_path
+    function_server, gcs_bucket, finalized_event, tmp_path
 ):
     sample = generate_slide(str(tmp_path / "slide.tif"), 1024, 768, seed=3, mpp=None)
     bucket = gcs_bucket[len("gs://") :]
@@ -105,7 +55,7 @@ def test_slide_upload_gets_heatmap_overlay_and_slide_fields(
     generation = _upload(Path(sample.uri), uri)
     event = finalized_event(bucket, "cases/slide.svs", generation, event_id="slide-1")
 
-    response = _post(slide_server, event)
+    response = _post(function_server, event)
 
     assert response.status_code == 200
     listing = set(storage.list_uris(f"{gcs_bucket}/cases/"))
@@ -136,7 +86,7 @@ def test_slide_upload_gets_heatmap_overlay_and_slide_fields(
 
     # A redelivery is a duplicate: nothing rewritten.
     written = storage.stat(uri + ".heatmap.png").generation
-    assert _post(slide_server, event).status_code == 200
+    assert _post(function_server, event).status_code == 200
     assert storage.stat(uri + ".heatmap.png").generation == written
 
 
@@ -267,7 +217,7 @@ def test_watcher_scores_a_dropped_slide(tmp_path, tiny_model):
             "--once",
         ],
         cwd=REPO_ROOT,
-        env=_env(),
+        env=function_env(),
         capture_output=True,
         text=True,
         timeout=240,
