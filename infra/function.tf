@@ -10,6 +10,10 @@ locals {
     MODEL_URI        = local.model_uri
     MAX_IMAGE_PIXELS = tostring(var.max_image_pixels)
     LOG_LEVEL        = var.log_level
+    # The tile budget for slides is this timeout x SLIDE_TILES_PER_SECOND (functions/settings.py).
+    FUNCTION_TIMEOUT_SECONDS = tostring(var.function_timeout_seconds)
+    # Where the Beam command suggested for a slide too large for the function writes.
+    SLIDE_OUTPUT_URI = "gs://${local.bucket_names.results}/slides"
   }
 
   function_service_account = google_service_account.pipeline["function"].email
