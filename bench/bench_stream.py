@@ -38,15 +38,6 @@ def _rows(output: Path) -> list[tuple[dict, float]]:
     return rows
 
 
-def _new_version(root: Path, version: int) -> None:
-    source = root / "1"
-    target = root / str(version)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
-    metadata = json.loads((source / "metadata.json").read_text())
-    metadata["version"] = version
-    (target / "metadata.json").write_text(json.dumps(metadata))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--burst", type=int, default=2000)
@@ -54,7 +45,7 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "stream.json"))
     args = parser.parse_args()
 
-    from model_fixtures import build_tiny_model
+    from model_fixtures import build_tiny_model, publish_version
 
     from beam_jobs import score, stream
     from histo_common.samples import generate_samples
@@ -99,7 +90,7 @@ def main() -> int:
             marks["burst_done"] = max(written for _, written in _rows(output))
             for i in range(args.trickle):
                 if i == args.trickle // 2:
-                    _new_version(models, 2)
+                    publish_version(models, models / "1", 2)
                     marks["swap"] = time.time()
                 name = f"trickle_{i:03d}.png"
                 shutil.copy(sources[i % len(sources)], uploads / name)

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from model_fixtures import publish_version
 from support import wait_for
 
 from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
@@ -135,15 +136,6 @@ def _rows(output: Path, kind: str) -> list[dict]:
     ]
 
 
-def _new_version(root: Path, source: Path, version: int) -> None:
-    """Publish a copy of ``source`` as ``version``, metadata.json written last."""
-    target = root / str(version)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
-    metadata = json.loads((source / "metadata.json").read_text())
-    metadata["version"] = version
-    (target / "metadata.json").write_text(json.dumps(metadata))
-
-
 def _run_stream(
     argv: list[str], scenario: Callable[[stream.LocalSetup], None]
 ) -> list[BaseException]:
@@ -197,7 +189,7 @@ def test_stream_scores_a_burst_once_each_and_follows_a_new_model_version(
         _publish_raw(setup, b"not a notification", {"origin": "somebody else"})
         assert bucket.name == "uploads"
         assert wait_for(lambda: len(_rows(output, "results")) >= 12, timeout=60)
-        _new_version(models, models / "1", 2)
+        publish_version(models, models / "1", 2)
         time.sleep(1.5)  # longer than --model-poll-seconds
         for path in images[12:16]:
             shutil.copy(path, uploads / path.name)
