@@ -21,7 +21,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -46,6 +45,7 @@ def main() -> int:
     args = parser.parse_args()
 
     from model_fixtures import build_tiny_model, publish_version
+    from support import run_local_stream
 
     from beam_jobs import score, stream
     from histo_common.samples import generate_samples
@@ -97,28 +97,16 @@ def main() -> int:
                 trickle_names.append(name)
                 time.sleep(0.25)
 
-        def run_scenario(setup: stream.LocalSetup) -> None:
-            threading.Thread(target=scenario, args=(setup,), daemon=True).start()
-
-        stream.run(
-            [
-                "--watch",
-                str(uploads),
-                "--model",
-                str(models),
-                "--output",
-                str(output),
-                "--max-idle-seconds",
-                "6",
-                "--window-seconds",
-                "2",
-                "--model-poll-seconds",
-                "1",
-                "--max-batch-seconds",
-                "0.5",
-            ],
-            on_ready=run_scenario,
+        failures = run_local_stream(
+            uploads,
+            models,
+            output,
+            scenario,
+            idle_s=6,
+            flags=("--model-poll-seconds", "1", "--max-batch-seconds", "0.5"),
         )
+        if failures:
+            raise failures[0]
 
         rows = _rows(output)
         by_name: dict[str, list[tuple[dict, float]]] = {}
