@@ -103,3 +103,53 @@ def test_source_zip_serves_the_entry_points_from_its_root(tmp_path):
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(unpacked / "functions" / "main.py")
+
+
+# Imported by the deployed packages but never on the function's paths.
+NOT_DEPLOYED = {
+    "tensorflow_serving": "model_export.serving_client: Beam's --model-endpoint only",
+}
+
+
+def test_the_deployed_requirements_provide_every_import():
+    """Each third-party import in the zipped packages comes with functions/requirements.txt.
+
+    Directly pinned, or required by a pinned distribution: a tiled upload imports
+    scipy (the tissue mask), which the deployed function would otherwise lack.
+    """
+    import ast
+    from importlib import metadata
+
+    from packaging.requirements import Requirement
+
+    from functions.package import PACKAGES, REPO_ROOT
+
+    imported: set[str] = set()
+    for package in PACKAGES:
+        for path in (REPO_ROOT / package).rglob("*.py"):
+            for node in ast.walk(ast.parse(path.read_text())):
+                if isinstance(node, ast.Import):
+                    imported |= {alias.name.split(".")[0] for alias in node.names}
+                elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                    imported.add(node.module.split(".")[0])
+    third_party = imported - set(sys.stdlib_module_names) - {*PACKAGES, "__future__"}
+
+    lines = (REPO_ROOT / "functions" / "requirements.txt").read_text().splitlines()
+    pending = [Requirement(line).name for line in lines if line.strip() and line[0] != "#"]
+    provided: set[str] = set()
+    while pending:
+        dist = pending.pop().lower().replace("_", "-")
+        if dist in provided:
+            continue
+        provided.add(dist)
+        for text in metadata.requires(dist) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": ""}):
+                pending.append(requirement.name)
+    by_module = metadata.packages_distributions()
+    missing = {
+        module: by_module.get(module)
+        for module in sorted(third_party - set(NOT_DEPLOYED))
+        if not {d.lower().replace("_", "-") for d in by_module.get(module, [])} & provided
+    }
+    assert not missing, f"add to functions/requirements.txt: {missing}"
