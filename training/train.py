@@ -280,7 +280,7 @@ class _TimeBudget:
                 self.epoch_seconds = max(self.epoch_seconds, time.monotonic() - self.started)
                 if time.monotonic() + self.epoch_seconds > self.deadline:
                     logger.info(
-                        "Time budget of %.1f min reached after epoch %d", minutes, epoch + 1
+                        "Time budget of %.2f min reached after epoch %d", minutes, epoch + 1
                     )
                     self.model.stop_training = True
 
