@@ -42,23 +42,12 @@ def sample_images(tiny_model) -> list[np.ndarray]:  # type: ignore[no-untyped-de
     return [_pixels(p.read_bytes()) for p in paths]
 
 
-def _export(keras_model, root: Path, **kwargs):  # type: ignore[no-untyped-def]
-    from model_export.export import export_model
+def _export(keras_model, root: Path, **fields):  # type: ignore[no-untyped-def]
+    from model_fixtures import export_binary
+
     from model_export.loader import load_model
 
-    result = export_model(
-        keras_model,
-        models_root=str(root),
-        model_name="recipe",
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
-        threshold_method="fixed (test)",
-        image_size=int(keras_model.input_shape[1]),
-        architecture="custom_cnn",
-        **kwargs,
-    )
-    return load_model(result.uri)
+    return load_model(export_binary(keras_model, root, "recipe", **fields).uri)
 
 
 # ------------------------------------------------------------ configuration
