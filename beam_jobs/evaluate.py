@@ -49,6 +49,7 @@ from histo_common.labels import (
 from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
 from histo_common.results import ResultRow
 from model_export import contract
+from model_export import identity as model_identity
 from model_export.contract import DEFAULT_CLASS_NAMES as CLASS_NAMES
 from model_export.identity import ModelIdentity, ModelLoadError
 
@@ -172,11 +173,13 @@ def _model_for_scores(
     """
     options = config.options
     if options.has_model:
-        identity = score.resolve_identity(options.model, options.model_endpoint)
+        identity = model_identity.resolve(
+            options.model, options.model_endpoint, options.serving_model_name
+        ).identity
         return identity, identity.uri if options.model else None
-    if scoring is not None and scoring.model.version_uri:
-        model = scoring.model
-        return ModelIdentity(model.name, model.version, model.version_uri), model.version_uri
+    version_uri = scoring.model.version_uri if scoring is not None else None
+    if scoring is not None and version_uri:
+        return ModelIdentity(scoring.model.name, scoring.model.version, version_uri), version_uri
     return None, None
 
 

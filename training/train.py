@@ -71,7 +71,7 @@ class TrainResult:
     version: int
     run_uri: str
     threshold: float
-    validation_metrics: dict[str, float]
+    validation_metrics: dict[str, Any]  # metric values, and where they were measured
     epochs_run: int
     train_seconds: float
     warnings: tuple[str, ...] = ()  # reasons to doubt the model (also in metadata.json)
@@ -110,7 +110,7 @@ def build_model(
             )
         try:
             return models.build_mobilenet_v2(
-                config.image_size,
+                config.input_size,
                 n_outputs,
                 weights=weights,
                 alpha=config.resolved_alpha,
@@ -130,7 +130,7 @@ def build_model(
                 f"could not build MobileNetV2 with weights {weights}: {exc}"
             ) from exc
     return models.build_custom_cnn(
-        config.image_size,
+        config.input_size,
         n_outputs,
         filters=tuple(max(4, round(f * config.width)) for f in (32, 64, 128)),
         dense_units=(max(8, round(128 * config.width)),),
@@ -493,20 +493,23 @@ class _TrainInputs:
 def _train_inputs(config: TrainConfig, dataset: Dataset, indices: list[int]) -> _TrainInputs:
     examples = dataset.examples
     labels = np.array([examples[i].label for i in indices])
-    common = {"image_size": config.image_size, "batch_size": config.batch_size}
+    size, batch = config.input_size, config.batch_size
     train_ds = make_dataset(
         examples,
         indices,
+        image_size=size,
+        batch_size=batch,
         training=True,
         augmentation=config.augmentation,
         seed=config.seed,
-        **common,
     )
     rng = np.random.default_rng(config.seed)
     calibration_idx = sorted(
         rng.choice(indices, min(len(indices), BN_CALIBRATION_IMAGES), replace=False)
     )
-    calibration = make_dataset(examples, calibration_idx, training=False, **common)
+    calibration = make_dataset(
+        examples, calibration_idx, image_size=size, batch_size=batch, training=False
+    )
     return _TrainInputs(train_ds, class_weights(labels, len(dataset.class_names)), calibration)
 
 
@@ -530,9 +533,11 @@ def _fit_member(
     n_classes = len(dataset.class_names)
     examples = dataset.examples
     run_dir.mkdir(parents=True, exist_ok=True)
-    common = {"image_size": config.image_size, "batch_size": config.batch_size}
+    size, batch = config.input_size, config.batch_size
     inputs = _train_inputs(config, dataset, split.train)
-    val_ds = make_dataset(examples, split.validation, training=False, **common)
+    val_ds = make_dataset(
+        examples, split.validation, image_size=size, batch_size=batch, training=False
+    )
     labels = np.array([examples[i].label for i in split.validation])
     held_out = _HeldOut(val_ds, labels, n_classes, inputs.calibration)
     keras.utils.set_random_seed(config.seed + index)
@@ -567,7 +572,7 @@ def _fit_member(
             left,
             verbose,
         )
-    scores = _predict_scores(model, examples, split.validation, **common)
+    scores = _predict_scores(model, examples, split.validation, size, batch)
     return _Member(
         model,
         scores,
@@ -797,7 +802,7 @@ def train(config: TrainConfig) -> TrainResult:
     stain = None
     if config.stain_normalisation == "reinhard":
         stain = stain_reference(
-            dataset.examples, list(range(len(dataset.examples))), config.image_size
+            dataset.examples, list(range(len(dataset.examples))), config.input_size
         )
         logger.info("Reinhard reference (CIELAB mean, std) of the training set: %s", stain)
     members: list[_Member] = []
@@ -854,12 +859,12 @@ def train(config: TrainConfig) -> TrainResult:
             threshold, how = choose_threshold(
                 y_held, scores, config.threshold_method, config.fixed_threshold, source=where
             )
-            val_metrics = binary_metrics(y_held, scores, threshold)
+            values = binary_metrics(y_held, scores, threshold)
         else:
             threshold, how = config.fixed_threshold, f"fixed at {config.fixed_threshold}"
-            val_metrics = {"accuracy": float((scores.argmax(-1) == y_held).mean())}
-        val_metrics["validation"] = where
-        val_metrics["split"] = splits[0].method
+            values = {"accuracy": float((scores.argmax(-1) == y_held).mean())}
+        # The values, where they were measured, and (added by _assess) fold thresholds.
+        val_metrics: dict[str, Any] = {**values, "validation": where, "split": splits[0].method}
         logger.info("Held-out metrics (%s): %s", where, json.dumps(val_metrics))
         warnings = input_warnings + _assess(
             config, splits, y_held, scores, val_metrics, where, threshold
@@ -907,7 +912,7 @@ def train(config: TrainConfig) -> TrainResult:
         positive_class=config.positive_class,
         threshold=threshold,
         threshold_method=how,
-        image_size=config.image_size,
+        image_size=config.input_size,
         architecture=config.architecture + _exported_words(kind, plan, len(exported), len(splits)),
         training_data={
             **dataset.summary(),
