@@ -55,9 +55,8 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_jobs import files, notifications
-from beam_jobs.config import ConfigError
+from beam_jobs.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
 from beam_jobs.model_handler import (
-    DEFAULT_MAX_BATCH,
     METRICS_NAMESPACE,
     HistoModelHandler,
 )
@@ -100,7 +99,7 @@ class StreamConfig:
     model_poll_s: float = DEFAULT_MODEL_POLL_S
     max_idle_s: float | None = None
     max_batch_s: float = DEFAULT_MAX_BATCH_S
-    max_batch_size: int = DEFAULT_MAX_BATCH
+    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     dedupe_s: int = DEFAULT_DEDUPE_S
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_bytes: int = DEFAULT_MAX_BYTES
@@ -431,7 +430,7 @@ def add_streaming(
     if run_id is not None:
         objects = objects | "OweRows" >> beam.Map(_owe_one, run_id)
         bad_messages = bad_messages | "OweErrorRows" >> beam.Map(_owe_one, run_id)
-    windowing = {
+    windowing: dict[str, Any] = {  # keyword arguments of both WindowInto steps
         "trigger": trigger.AfterWatermark(late=trigger.AfterCount(1)),
         "accumulation_mode": trigger.AccumulationMode.DISCARDING,
         "allowed_lateness": Duration(config.window_s * 6),
@@ -494,7 +493,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest an image waits for a batch to fill; default %(default)s",
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH, help="RunInference batching"
+        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="RunInference batching"
     )
     parser.add_argument(
         "--dedupe-seconds",

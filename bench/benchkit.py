@@ -1,10 +1,28 @@
-"""What the speed benchmarks share: a model exported only to be timed.
+"""What the speed benchmarks share: a model exported only to be timed, and a timer.
 
 Speed does not depend on the weights, so the scoring, function and tile
 benchmarks time an untrained custom CNN exported in the SavedModel contract.
 """
 
 from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+
+def fastest_alternating(rounds: int, *runs: Callable[[], object]) -> list[float]:
+    """Each run's fastest time in seconds over ``rounds`` rounds that call them in turn.
+
+    Alternating keeps a slow spell of a shared machine from landing on one side only,
+    and the fastest counts because interference only ever slows a run down.
+    """
+    best = [float("inf")] * len(runs)
+    for _ in range(rounds):
+        for i, run in enumerate(runs):
+            started = time.perf_counter()
+            run()
+            best[i] = min(best[i], time.perf_counter() - started)
+    return best
 
 
 def export_untrained_cnn(

@@ -8,6 +8,8 @@ mean something.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,17 @@ def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
         image_size=IMAGE_SIZE,
         sample_dir=sample_dir,
     )
+
+
+def publish_version(root: Path, source: Path, version: int) -> Path:
+    """Publish a copy of the version folder ``source`` as ``root/<version>``.
+
+    ``metadata.json`` (with the new version number) is written last, as the exporter
+    does, so a watcher never sees a half-copied version. Returns the new folder.
+    """
+    target = root / str(version)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
+    metadata = json.loads((source / "metadata.json").read_text())
+    metadata["version"] = version
+    (target / "metadata.json").write_text(json.dumps(metadata))
+    return target
