@@ -16,7 +16,7 @@ here and nowhere else::
       tiles/part-*.jsonl            tile rows of large inputs (one JSON object per tile)
       heatmaps/<input path>.heatmap.png   reassembled heatmaps of large inputs
       gradcam/<input path>.gradcam.png    overlays; <input path> is relative to Summary.base
-      summary.json                  Summary
+      summary.json                  Summary (written by the pipeline, completed by the launcher)
       metrics.json                  MetricsDocument (evaluation runs)
       plots/<plot>.png              evaluation plots (PLOT_FILES)
       report.html                   the evaluation report
@@ -325,7 +325,11 @@ class Summary(_JsonDocument):
     """``summary.json``: what a scoring run matched, wrote, and with which model.
 
     ``base`` is the folder every input sits under; overlay and heatmap paths are
-    the inputs' paths relative to it (:meth:`RunLayout.gradcam`).
+    the inputs' paths relative to it (:meth:`RunLayout.gradcam`). ``failed`` counts
+    every error row; ``lost`` how many of them the pipeline's reconciliation wrote
+    for matched inputs no stage had a row for (``missing`` lists them). ``lost`` was
+    added within schema version 1 as an optional field: summaries written before
+    it read back with 0, and older readers ignore it.
     """
 
     inputs: list[str]
@@ -336,6 +340,7 @@ class Summary(_JsonDocument):
     scored: int
     failed: int
     complete: bool
+    lost: int = 0
     formats: list[str] = field(default_factory=lambda: ["jsonl"])
     missing: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
