@@ -148,7 +148,6 @@ def build_batch() -> JobCheck:
         patterns=list(config.inputs),
         identity=IDENTITY,
         base=f"gs://{BUCKET}/images",
-        manifest=f"gs://{BUCKET}/run/manifest.jsonl",
     )
     options = score.pipeline_options(pipeline_args)
     pipeline = beam.Pipeline(options=options)

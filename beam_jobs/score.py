@@ -22,8 +22,8 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -232,7 +232,6 @@ class ScoringPlan:
     patterns: list[str]  # the input patterns as the pipeline matches them
     identity: ModelIdentity
     base: str  # the folder holding every input; overlay names are paths under it
-    manifest: str = ""  # URI of the manifest the pipeline writes
     endpoint: str | None = None  # TensorFlow Serving host:port, when scoring there
     positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
     launched_at: float = field(default_factory=time.time)  # wall clock, for the summary
@@ -282,25 +281,16 @@ def plan_scoring(
     )
 
 
-def start_scoring(
-    config: ScoreConfig, check: Callable[[ScoringPlan], None] | None = None
-) -> ScoringPlan:
-    """Check the inputs, pin the model, clear or refuse the output.
-
-    Args:
-        config: the scoring run.
-        check: called with the plan before the output is touched (raise to stop).
-    """
+def start_scoring(config: ScoreConfig) -> ScoringPlan:
+    """Check the inputs, pin the model, clear or refuse the output."""
     plan = plan_scoring(
         config.inputs,
         config.options.model,
         config.options.model_endpoint,
         config.options.serving_model_name,
     )
-    if check is not None:
-        check(plan)
     prepare_output(config.output, config.options.overwrite)
-    return replace(plan, manifest=RunLayout(config.output).manifest)
+    return plan
 
 
 def add_scoring(
