@@ -45,9 +45,10 @@ $(STAMP): requirements.txt pyproject.toml
 	fi
 	touch $@
 
-lint: setup ## ruff lint and format check
+lint: setup ## ruff lint and format check, then mypy on the packages ([tool.mypy] in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
 
 format: setup ## apply ruff fixes and formatting
 	$(VENV)/bin/ruff check --fix .
@@ -116,7 +117,7 @@ bench-training-breakhis: setup ## BreakHis fields of view: split by patient vs b
 	$(PY) bench/bench_training.py --dataset breakhis --mode quick $(ARGS)
 
 clean: ## remove generated buckets, reports and caches (keeps .venv)
-	rm -rf $(BUCKETS) build .pytest_cache
+	rm -rf $(BUCKETS) build .pytest_cache .mypy_cache
 
 infra-check: setup ## terraform fmt, checkov and the offline terraform-compliance cases
 	bash infra/check.sh

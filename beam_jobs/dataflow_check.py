@@ -18,8 +18,12 @@ import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from model_export.identity import ModelIdentity
+
+if TYPE_CHECKING:
+    from apache_beam.options.pipeline_options import PipelineOptions
 
 logger = logging.getLogger(__name__)
 
@@ -77,12 +81,12 @@ class JobCheck:
     problems: list[str] = field(default_factory=list)
 
 
-def staged_artifacts(result: object) -> list[str]:
+def staged_artifacts(result: Any) -> list[str]:
     """The names of the files the job would stage for its workers (sdist, requirements)."""
     from apache_beam.portability.api import beam_runner_api_pb2
 
     names = []
-    environments = result.job.proto_pipeline.components.environments  # type: ignore[attr-defined]
+    environments = result.job.proto_pipeline.components.environments
     for environment in environments.values():
         for dependency in environment.dependencies:
             payload = beam_runner_api_pb2.ArtifactStagingToRolePayload.FromString(
@@ -92,13 +96,13 @@ def staged_artifacts(result: object) -> list[str]:
     return names
 
 
-def describe(name: str, result: object, options: object) -> JobCheck:
+def describe(name: str, result: Any, options: PipelineOptions) -> JobCheck:
     """Read a dry run's job: runner, streaming flag, steps and staged files."""
     from apache_beam.options.pipeline_options import StandardOptions
 
-    job = result.job  # type: ignore[attr-defined]
+    job = result.job
     steps = [t.unique_name for t in job.proto_pipeline.components.transforms.values()]
-    standard = options.view_as(StandardOptions)  # type: ignore[attr-defined]
+    standard = options.view_as(StandardOptions)
     return JobCheck(
         name, str(standard.runner), bool(standard.streaming), steps, staged_artifacts(result)
     )

@@ -177,9 +177,9 @@ def _model_for_scores(
             options.model, options.model_endpoint, options.serving_model_name
         ).identity
         return identity, identity.uri if options.model else None
-    if scoring is not None and scoring.model.version_uri:
-        model = scoring.model
-        return ModelIdentity(model.name, model.version, model.version_uri), model.version_uri
+    version_uri = scoring.model.version_uri if scoring is not None else None
+    if scoring is not None and version_uri:
+        return ModelIdentity(scoring.model.name, scoring.model.version, version_uri), version_uri
     return None, None
 
 

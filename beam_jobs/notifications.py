@@ -117,13 +117,13 @@ class Publisher:
         timeout_s: float = 5.0,
         backoff_s: float = 1.0,
     ) -> None:
-        from google.cloud import pubsub_v1
+        from google.cloud.pubsub_v1 import PublisherClient
 
         self.topic_path = topic_path
         self.ensure = ensure
         self.timeout_s = timeout_s
         self.backoff_s = backoff_s
-        self._client = pubsub_v1.PublisherClient()
+        self._client = PublisherClient()
         self._failed = False
         self._retry_at = 0.0
         self.published = 0  # counted messages accepted (heartbeats are not counted)

@@ -22,6 +22,7 @@ import tempfile
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import IO
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +106,7 @@ class PubSubEmulator:
         self.port = port or free_port()
         self._process: subprocess.Popen[bytes] | None = None
         self._data_dir: str | None = None
-        self._log: tempfile._TemporaryFileWrapper[bytes] | None = None  # type: ignore[name-defined]
+        self._log: IO[bytes] | None = None
 
     @property
     def host(self) -> str:
@@ -204,10 +205,10 @@ def ensure_topic_and_subscription(project: str, topic: str, subscription: str) -
     Idempotent, so a notifier can call it again after the emulator restarted.
     """
     from google.api_core import exceptions
-    from google.cloud import pubsub_v1
+    from google.cloud.pubsub_v1 import PublisherClient, SubscriberClient
 
-    publisher = pubsub_v1.PublisherClient()
-    subscriber = pubsub_v1.SubscriberClient()
+    publisher = PublisherClient()
+    subscriber = SubscriberClient()
     topic_path = publisher.topic_path(project, topic)
     subscription_path = subscriber.subscription_path(project, subscription)
     try:

@@ -344,7 +344,7 @@ def score_matched(
     _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
 
     if config.gradcam:
-        if explain_all:
+        if config.gradcam_top is None:  # explain_all: every image was explained
             explained = scored[EXPLAINED]
         else:
             explain = options_handler(plan.identity, options, contract.EXPLAIN_SIGNATURE)

@@ -14,7 +14,7 @@ import io
 import logging
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, cast
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -52,7 +52,9 @@ class _ReadAndCheck(beam.DoFn):
         self._bytes = 0
 
     def process(self, matched: files.MatchedFile) -> Iterator[Any]:
-        row = stages.too_large(matched.uri, matched.size, self.max_bytes)
+        row: stages.CheckedImage | ErrorRow | None = stages.too_large(
+            matched.uri, matched.size, self.max_bytes
+        )
         if row is None:
             try:
                 data = files.read_file(matched.uri)
@@ -117,7 +119,9 @@ class _SplitOutcomes(beam.DoFn):
         self._started = time.monotonic()
 
     def process(self, result: PredictionResult) -> Iterator[Any]:
-        image, outcome = result.example, result.inference
+        # Beam types PredictionResult's fields as unbound TypeVars; the handler makes these.
+        image = cast(stages.CheckedImage, result.example)
+        outcome = cast(ScoreOutcome, result.inference)
         row = stages.result_row(image, outcome)
         if isinstance(row, ErrorRow):
             self.images_failed.inc()
@@ -291,6 +295,8 @@ class _WriteOverlay(beam.DoFn):
         image, outcome = pair
         uri = self.run.gradcam(image.uri, self.base)
         try:
+            if outcome.prediction is None or outcome.heatmap is None:
+                raise ValueError("the model did not explain it")
             png = overlay_png(
                 image.data,
                 outcome.prediction,
@@ -360,13 +366,12 @@ def gallery_item(
     positive_class: str = DEFAULT_POSITIVE_CLASS,
 ) -> GalleryItem:
     """A gallery card: the Grad-CAM overlay when the model explained it, else the image."""
-    explained = outcome is not None and outcome.prediction is not None
-    if explained and outcome is not None and outcome.heatmap is not None:
-        png = overlay_png(
-            image.data, outcome.prediction, outcome.heatmap, positive_class=positive_class
-        )
+    prediction = outcome.prediction if outcome else None
+    heatmap = outcome.heatmap if outcome else None
+    explained = prediction is not None and heatmap is not None
+    if prediction is not None and heatmap is not None:
+        png = overlay_png(image.data, prediction, heatmap, positive_class=positive_class)
     else:
-        explained = False
         png = _plain_png(image.data)
     return GalleryItem(
         uri=score.uri,

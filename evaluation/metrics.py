@@ -29,7 +29,9 @@ ALL_METRICS = POINT_METRICS + SCORE_METRICS
 DEFAULT_BINS = 10
 
 
-def _as_arrays(y: Sequence[int], p: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+def _as_arrays(
+    y: Sequence[int] | np.ndarray, p: Sequence[float] | np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     y_arr = np.asarray(y, dtype=np.int64)
     p_arr = np.asarray(p, dtype=np.float64)
     if y_arr.shape != p_arr.shape or y_arr.ndim != 1:
@@ -240,8 +242,8 @@ def prediction_distribution(
 
 
 def evaluate_level(
-    y: Sequence[int],
-    p: Sequence[float],
+    y: Sequence[int] | np.ndarray,
+    p: Sequence[float] | np.ndarray,
     threshold: float,
     *,
     class_names: Sequence[str] = ("benign", "malignant"),

@@ -61,7 +61,7 @@ class _StdoutHandler(logging.StreamHandler):
         logging.Handler.__init__(self)  # not StreamHandler's: it would pin sys.stderr
         self._fixed = stream
 
-    @property  # type: ignore[override]
+    @property
     def stream(self) -> IO[str]:
         return self._fixed if self._fixed is not None else sys.stdout
 

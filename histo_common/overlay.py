@@ -44,8 +44,8 @@ def blend(image: np.ndarray, heatmap: np.ndarray, opacity: float = 0.45) -> np.n
     if not 0.0 <= opacity <= 1.0:
         raise ValueError(f"opacity must be in [0, 1], got {opacity}")
     h, w = image.shape[:2]
-    heat = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype(np.uint8))
-    heat = np.asarray(heat.resize((w, h), Image.BILINEAR), dtype=np.float32) / 255.0
+    grey = Image.fromarray((np.clip(np.nan_to_num(heatmap), 0, 1) * 255).astype(np.uint8))
+    heat = np.asarray(grey.resize((w, h), Image.Resampling.BILINEAR), dtype=np.float32) / 255.0
     colours = colormap(heat).astype(np.float32)
     out = (1.0 - opacity) * image.astype(np.float32) + opacity * colours
     return np.clip(out, 0, 255).astype(np.uint8)
@@ -73,7 +73,9 @@ def upscale_for_display(image: np.ndarray, min_side: int = MIN_SIDE) -> np.ndarr
     scale = max(1, int(np.ceil(min_side / max(1, min(h, w)))))
     if scale == 1:
         return image
-    return np.asarray(Image.fromarray(image).resize((w * scale, h * scale), Image.NEAREST))
+    return np.asarray(
+        Image.fromarray(image).resize((w * scale, h * scale), Image.Resampling.NEAREST)
+    )
 
 
 def load_rgb(data: bytes) -> np.ndarray:

@@ -52,7 +52,9 @@ _STAIN_OD = np.array([[0.65, 0.70, 0.29], [0.07, 0.99, 0.11]], dtype=np.float32)
 
 def _smooth_noise(rng: np.random.Generator, size: int, scale: int) -> np.ndarray:
     coarse = rng.random((size // scale + 2, size // scale + 2)).astype(np.float32)
-    img = Image.fromarray((coarse * 255).astype(np.uint8)).resize((size, size), Image.BICUBIC)
+    img = Image.fromarray((coarse * 255).astype(np.uint8)).resize(
+        (size, size), Image.Resampling.BICUBIC
+    )
     return np.asarray(img, dtype=np.float32) / 255.0
 
 
@@ -235,17 +237,18 @@ def write_pyramidal_tiff(
         local = Path(tmp) / "slide.tif"
         with tifffile.TiffWriter(local) as tw:
             for i, level in enumerate(levels):
-                extra = {}
+                resolution: tuple[float, float] | None = None
                 if mpp:
                     per_cm = 1e4 / (mpp * image.shape[1] / level.shape[1])
-                    extra = {"resolution": (per_cm, per_cm), "resolutionunit": "CENTIMETER"}
+                    resolution = (per_cm, per_cm)
                 tw.write(
                     level,
                     tile=(tile, tile),
                     compression=compression,
                     photometric="rgb",
                     subfiletype=0 if i == 0 else 1,
-                    **extra,
+                    resolution=resolution,
+                    resolutionunit="CENTIMETER" if resolution else None,
                 )
         storage.write_bytes(uri, local.read_bytes(), content_type="image/tiff")
     return len(levels)

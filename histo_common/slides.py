@@ -113,7 +113,7 @@ class SlideGeometry:
         return cls(
             uri=data["uri"],
             vendor=data["vendor"],
-            level_dimensions=tuple(tuple(int(v) for v in d) for d in data["level_dimensions"]),
+            level_dimensions=tuple((int(w), int(h)) for w, h in data["level_dimensions"]),
             level_downsamples=tuple(float(d) for d in data["level_downsamples"]),
             mpp=None if data.get("mpp") is None else float(data["mpp"]),
         )
@@ -157,7 +157,7 @@ class Slide:
         scale = max(1.0, max(lw, lh) / max_side)
         size = (max(1, round(lw / scale)), max(1, round(lh / scale)))
         if size != (lw, lh):
-            region = np.asarray(Image.fromarray(region).resize(size, Image.BILINEAR))
+            region = np.asarray(Image.fromarray(region).resize(size, Image.Resampling.BILINEAR))
         return region, width / size[0]
 
     def close(self) -> None:
@@ -184,7 +184,7 @@ class OpenSlideSlide(Slide):
         self.geometry = SlideGeometry(
             uri=uri,
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
-            level_dimensions=tuple(tuple(d) for d in self._slide.level_dimensions),
+            level_dimensions=tuple((int(w), int(h)) for w, h in self._slide.level_dimensions),
             level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
             mpp=_mpp(props),
         )

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 if TYPE_CHECKING:
-    from google.cloud import storage as gcs
+    from google.cloud.storage import Blob, Client
 
 GCS_SCHEME = "gs://"
 # How long one GCS call keeps retrying transient failures before giving up with
@@ -193,15 +193,15 @@ def has_wildcard(uri: str) -> bool:
 
 
 @functools.cache
-def _gcs_client() -> gcs.Client:
+def _gcs_client() -> Client:
     """Create the storage client once per process (lazily: importing is cheap)."""
-    from google.cloud import storage
+    from google.cloud.storage import Client
 
     if os.environ.get("STORAGE_EMULATOR_HOST"):
         from google.auth.credentials import AnonymousCredentials
 
-        return storage.Client(project="local-emulator", credentials=AnonymousCredentials())
-    return storage.Client()
+        return Client(project="local-emulator", credentials=AnonymousCredentials())
+    return Client()
 
 
 def reset_clients() -> None:
@@ -245,7 +245,7 @@ def _gcs_call(uri: str, fn: Callable[..., _T], *args: Any, **kwargs: Any) -> _T:
         raise _translate_gcs_error(uri, exc) from exc
 
 
-def _blob_info(bucket: str, blob: gcs.Blob) -> ObjectInfo:
+def _blob_info(bucket: str, blob: Blob) -> ObjectInfo:
     """The listing entry for one blob of ``bucket``."""
     return ObjectInfo(
         uri=f"{GCS_SCHEME}{bucket}/{blob.name}",
@@ -394,7 +394,7 @@ def write_bytes(
         blob = _gcs_client().bucket(bucket).blob(key)
         if metadata:
             blob.metadata = metadata
-        kwargs = {"content_type": content_type}
+        kwargs: dict[str, str | int | None] = {"content_type": content_type}
         if if_generation_match is not None:
             # GCS enforces the precondition atomically; the look-up first gives the
             # same answer on emulators that ignore it.

@@ -49,7 +49,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator, Mapping, Sequence
-from typing import BinaryIO
+from typing import IO, BinaryIO
 
 logger = logging.getLogger(__name__)
 
@@ -99,6 +99,7 @@ def filter_stream(source: BinaryIO, sink: BinaryIO, level: int) -> None:
 def quiet_stderr(level: int) -> Iterator[None]:
     """Route file descriptor 2 through the line filter (a child process) for a block."""
     child = None
+    pipe: IO[bytes] | None = None  # the child's stdin, which fd 2 points at meanwhile
     saved = -1
     if level > 0 and sys.executable and os.path.isfile(__file__):
         try:
@@ -110,7 +111,10 @@ def quiet_stderr(level: int) -> Iterator[None]:
                 stdout=saved,
                 stderr=saved,
             )
-            os.dup2(child.stdin.fileno(), 2)  # type: ignore[union-attr]
+            pipe = child.stdin
+            if pipe is None:  # never with stdin=PIPE
+                raise OSError("the filter process has no input pipe")
+            os.dup2(pipe.fileno(), 2)
         except OSError as exc:
             logger.debug("TensorFlow's start-up lines left unfiltered: %s", exc)
             if child is not None:
@@ -120,10 +124,10 @@ def quiet_stderr(level: int) -> Iterator[None]:
     try:
         yield
     finally:
-        if child is not None:
+        if child is not None and pipe is not None:
             sys.stderr.flush()
             os.dup2(saved, 2)
-            child.stdin.close()  # type: ignore[union-attr]
+            pipe.close()
             # It ends at end of input; a process started meanwhile may hold the pipe.
             with contextlib.suppress(subprocess.TimeoutExpired):
                 child.wait(timeout=5)
@@ -144,7 +148,7 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
         spec = importlib.util.find_spec(fullname)
         loader = spec.loader if spec is not None else None
         exec_module = getattr(loader, "exec_module", None)
-        if exec_module is None:
+        if loader is None or exec_module is None:
             return spec
 
         def quiet_exec_module(module: object) -> None:
@@ -152,7 +156,7 @@ class _QuietImportFinder(importlib.abc.MetaPathFinder):
                 exec_module(module)
 
         # This loader instance serves the tensorflow package alone.
-        loader.exec_module = quiet_exec_module  # type: ignore[union-attr]
+        loader.exec_module = quiet_exec_module  # type: ignore[method-assign]  # this instance only
         return spec
 
 

@@ -190,9 +190,11 @@ def plan_tiles(
         return _whole(geometry, "unknown (model records no training scale)", True, warns)
     if stride is not None and stride < 1:
         raise TilingError(f"tile stride must be a positive number of pixels, got {stride}")
+    # Training-scale pixels per level-0 pixel (1 when either scale is unknown).
     assumed = scale.mpp is None or geometry.mpp is None
-    # Training-scale pixels per level-0 pixel.
-    factor = 1.0 if assumed else float(scale.mpp) / float(geometry.mpp)  # type: ignore[arg-type]
+    factor = 1.0
+    if scale.mpp is not None and geometry.mpp is not None:
+        factor = float(scale.mpp) / float(geometry.mpp)
     # The input's size in training-scale pixels decides whole versus tiled.
     if (
         width / factor <= whole_factor * scale.width

@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -82,7 +82,7 @@ def _local_copy(version_uri: str, cache_dir: str | None) -> Path:
 class LoadedModel:
     """A loaded model version: metadata plus callable signatures on raw bytes."""
 
-    def __init__(self, uri: str, metadata: contract.ModelMetadata, saved_model: object) -> None:
+    def __init__(self, uri: str, metadata: contract.ModelMetadata, saved_model: Any) -> None:
         self.uri = uri
         self.metadata = metadata
         self._saved = saved_model
@@ -224,6 +224,7 @@ def load_model(uri: str, *, cache_dir: str | None = None) -> LoadedModel:
     resolved = resolve_model(uri)
     version_uri, version = resolved.identity.uri, resolved.identity.version
     metadata = resolved.metadata
+    assert metadata is not None  # resolve_model reads it from the version folder
     try:
         local = _local_copy(version_uri, cache_dir)
     except storage.ObjectNotFound as exc:

@@ -18,6 +18,7 @@ import numpy as np
 from model_export import contract
 
 if TYPE_CHECKING:
+    import grpc
     from tensorflow.core.framework.tensor_pb2 import TensorProto
 
 DEFAULT_TIMEOUT_S = 30.0
@@ -94,12 +95,12 @@ class ServingClient:
         self._channel = grpc.insecure_channel(endpoint, options=options)
         self._stub = prediction_service_pb2_grpc.PredictionServiceStub(self._channel)
 
-    def _failed(self, exc: Exception) -> ServingError:
+    def _failed(self, exc: grpc.RpcError) -> ServingError:
         """A :class:`ServingError` naming the endpoint and model for a gRPC failure."""
         return ServingError(
             f"TF Serving at {self.endpoint} failed for model {self.model_name}: "
-            f"{exc.code().name}: {exc.details()}",  # type: ignore[attr-defined]  # grpc.RpcError
-            status=exc.code().name,  # type: ignore[attr-defined]
+            f"{exc.code().name}: {exc.details()}",
+            status=exc.code().name,
         )
 
     def predict(

@@ -174,6 +174,13 @@ class TrainConfig:
         match = re.search(r"_(0\.35|0\.5|0\.75|1\.0|1\.3|1\.4)_", self.weights)
         return float(match.group(1)) if match else 0.35
 
+    @property
+    def input_size(self) -> int:
+        """``image_size`` once it is known (:func:`training.data.resolve_input` sets it)."""
+        if self.image_size is None:
+            raise ConfigError("image_size is not set: training.data.resolve_input sets it")
+        return self.image_size
+
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (saved with the run and in the model's metadata)."""
         return asdict(self)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -125,6 +126,16 @@ class Split:
     validation_patients: list[str]
 
 
+def _all_patient_ids(examples: Sequence[Example]) -> list[str] | None:
+    """Every example's patient id in order, or None when any example has none."""
+    ids: list[str] = []
+    for example in examples:
+        if example.patient_id is None:
+            return None
+        ids.append(example.patient_id)
+    return ids
+
+
 def split_examples(dataset: Dataset, validation_fraction: float, seed: int) -> Split:
     """Split by patient when every image has a patient id, else stratified by image.
 
@@ -136,8 +147,8 @@ def split_examples(dataset: Dataset, validation_fraction: float, seed: int) -> S
     examples = dataset.examples
     rng = np.random.default_rng(seed)
     n_classes = len(dataset.class_names)
-    patients = [e.patient_id for e in examples]
-    if all(p is not None for p in patients) and len(set(patients)) >= 3:
+    patients = _all_patient_ids(examples)
+    if patients is not None and len(set(patients)) >= 3:
         by_patient: dict[str, list[int]] = {}
         for i, p in enumerate(patients):
             by_patient.setdefault(p, []).append(i)
@@ -164,14 +175,14 @@ def split_examples(dataset: Dataset, validation_fraction: float, seed: int) -> S
             "No patient split puts every class on both sides; splitting by image instead"
         )
     labels = np.array([e.label for e in examples])
-    val: list[int] = []
+    held_out: list[int] = []
     for c in range(n_classes):
         idx = rng.permutation(np.flatnonzero(labels == c))
         k = max(1, round(validation_fraction * len(idx))) if len(idx) > 1 else 0
-        val.extend(int(i) for i in idx[:k])
-    val_set = set(val)
-    train = [i for i in range(len(examples)) if i not in val_set]
-    return Split(sorted(train), sorted(val), "stratified", [])
+        held_out.extend(int(i) for i in idx[:k])
+    held_out_set = set(held_out)
+    train = [i for i in range(len(examples)) if i not in held_out_set]
+    return Split(sorted(train), sorted(held_out), "stratified", [])
 
 
 def _stratified_folds(labels: np.ndarray, k: int, rng: np.random.Generator) -> np.ndarray:
@@ -193,10 +204,10 @@ def fold_splits(dataset: Dataset, k: int, seed: int) -> list[Split]:
     n_classes = len(dataset.class_names)
     labels = np.array([e.label for e in examples])
     rng = np.random.default_rng(seed)
-    patients = [e.patient_id for e in examples]
+    patients = _all_patient_ids(examples)
     fold: np.ndarray | None = None
     method = "stratified"
-    if all(p is not None for p in patients) and len(set(patients)) >= k:
+    if patients is not None and len(set(patients)) >= k:
         by_patient: dict[str, list[int]] = {}
         for i, p in enumerate(patients):
             by_patient.setdefault(p, []).append(i)
@@ -228,7 +239,9 @@ def fold_splits(dataset: Dataset, k: int, seed: int) -> list[Split]:
     for f in range(k):
         val = np.flatnonzero(fold == f).tolist()
         train = np.flatnonzero(fold != f).tolist()
-        val_patients = sorted({patients[i] for i in val}) if method == "patient" else []
+        val_patients = (
+            sorted({patients[i] for i in val}) if patients and method == "patient" else []
+        )
         splits.append(Split(train, val, method, val_patients))
     return splits
 

@@ -70,7 +70,7 @@ class TrainResult:
     version: int
     run_uri: str
     threshold: float
-    validation_metrics: dict[str, float]
+    validation_metrics: dict[str, Any]  # metric values, and where they were measured
     epochs_run: int
     train_seconds: float
     warnings: tuple[str, ...] = ()  # reasons to doubt the model (also in metadata.json)
@@ -91,7 +91,7 @@ def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
             )
         try:
             return models.build_mobilenet_v2(
-                config.image_size,
+                config.input_size,
                 n_outputs,
                 weights=weights,
                 alpha=config.resolved_alpha,
@@ -110,7 +110,7 @@ def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
                 f"could not build MobileNetV2 with weights {weights}: {exc}"
             ) from exc
     return models.build_custom_cnn(
-        config.image_size,
+        config.input_size,
         n_outputs,
         filters=tuple(max(4, round(f * config.width)) for f in (32, 64, 128)),
         dense_units=(max(8, round(128 * config.width)),),
@@ -444,22 +444,27 @@ def _fit_member(
     examples = dataset.examples
     run_dir.mkdir(parents=True, exist_ok=True)
     train_labels = np.array([examples[i].label for i in split.train])
-    common = {"image_size": config.image_size, "batch_size": config.batch_size}
+    size, batch = config.input_size, config.batch_size
     train_ds = make_dataset(
         examples,
         split.train,
+        image_size=size,
+        batch_size=batch,
         training=True,
         augmentation=config.augmentation,
         seed=config.seed,
-        **common,
     )
-    val_ds = make_dataset(examples, split.validation, training=False, **common)
+    val_ds = make_dataset(
+        examples, split.validation, image_size=size, batch_size=batch, training=False
+    )
     weights = class_weights(train_labels, n_classes)
     rng = np.random.default_rng(config.seed)
     calibration_idx = sorted(
         rng.choice(split.train, min(len(split.train), BN_CALIBRATION_IMAGES), replace=False)
     )
-    calibration = make_dataset(examples, calibration_idx, training=False, **common)
+    calibration = make_dataset(
+        examples, calibration_idx, image_size=size, batch_size=batch, training=False
+    )
     labels = np.array([examples[i].label for i in split.validation])
     held_out = _HeldOut(val_ds, labels, n_classes, calibration)
     model = build_model(config, n_classes)
@@ -490,7 +495,7 @@ def _fit_member(
             left,
             verbose,
         )
-    scores = _predict_scores(model, examples, split.validation, **common)
+    scores = _predict_scores(model, examples, split.validation, size, batch)
     return model, scores, epochs_run
 
 
@@ -589,12 +594,12 @@ def train(config: TrainConfig) -> TrainResult:
             threshold, how = choose_threshold(
                 y_held, scores, config.threshold_method, config.fixed_threshold, source=where
             )
-            val_metrics = binary_metrics(y_held, scores, threshold)
+            values = binary_metrics(y_held, scores, threshold)
         else:
             threshold, how = config.fixed_threshold, f"fixed at {config.fixed_threshold}"
-            val_metrics = {"accuracy": float((scores.argmax(-1) == y_held).mean())}
-        val_metrics["validation"] = where
-        val_metrics["split"] = splits[0].method
+            values = {"accuracy": float((scores.argmax(-1) == y_held).mean())}
+        # The values, where they were measured, and (added by _assess) fold thresholds.
+        val_metrics: dict[str, Any] = {**values, "validation": where, "split": splits[0].method}
         logger.info("Held-out metrics (%s): %s", where, json.dumps(val_metrics))
         warnings = input_warnings + _assess(
             config, splits, y_held, scores, val_metrics, where, threshold
@@ -640,7 +645,7 @@ def train(config: TrainConfig) -> TrainResult:
         positive_class=config.positive_class,
         threshold=threshold,
         threshold_method=how,
-        image_size=config.image_size,
+        image_size=config.input_size,
         architecture=config.architecture
         + (f" (ensemble of {len(members)} cross-fitted models)" if len(members) > 1 else ""),
         training_data={
