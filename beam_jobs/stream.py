@@ -478,18 +478,20 @@ class NotificationsToObjects(beam.PTransform):
             | "DropDuplicates" >> DeduplicatePerKey(event_time_duration=Duration(config.dedupe_s))
             | "Objects" >> beam.Values()
         )
-        windowing = {
-            "trigger": trigger.AfterWatermark(late=trigger.AfterCount(1)),
-            "accumulation_mode": trigger.AccumulationMode.DISCARDING,
-            "allowed_lateness": Duration(config.window_s * 6),
-        }
         return {
-            "objects": objects
-            | "FixedWindows" >> beam.WindowInto(window.FixedWindows(config.window_s), **windowing),
-            ERRORS: parsed[ERRORS]
-            | "WindowBadMessages"
-            >> beam.WindowInto(window.FixedWindows(config.window_s), **windowing),
+            "objects": objects | "FixedWindows" >> fixed_windows(config.window_s),
+            ERRORS: parsed[ERRORS] | "WindowBadMessages" >> fixed_windows(config.window_s),
         }
+
+
+def fixed_windows(window_s: int) -> beam.WindowInto:
+    """Fixed windows of ``window_s``, fired at the watermark and again for late rows."""
+    return beam.WindowInto(
+        window.FixedWindows(window_s),
+        trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        allowed_lateness=Duration(window_s * 6),
+    )
 
 
 def add_streaming(
