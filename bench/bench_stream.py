@@ -34,8 +34,12 @@ sys.path.insert(0, str(REPO / "tests"))
 def _rows(output: Path) -> list[tuple[dict, float]]:
     rows = []
     for path in sorted((output / "results").glob("part-*.jsonl")):
-        written = path.stat().st_mtime
-        rows.extend((json.loads(line), written) for line in path.read_text().splitlines() if line)
+        try:
+            written = path.stat().st_mtime
+            text = path.read_text()
+        except FileNotFoundError:  # the work folder is being removed at the end
+            continue
+        rows.extend((json.loads(line), written) for line in text.splitlines() if line)
     return rows
 
 
