@@ -26,6 +26,7 @@ from typing import Any
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
+from beam_jobs.config import DEFAULT_MAX_BATCH_SIZE, DEFAULT_MIN_BATCH_SIZE
 from beam_jobs.stages import CheckedImage
 from model_export import contract
 from model_export.identity import ModelIdentity
@@ -33,8 +34,6 @@ from model_export.scoring import score_batch
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MIN_BATCH = 32
-DEFAULT_MAX_BATCH = 256
 METRICS_NAMESPACE = "histoscreen"
 
 
@@ -46,8 +45,8 @@ class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
         *,
         identity: ModelIdentity,
         signature: str = contract.PREDICT_SIGNATURE,
-        min_batch_size: int = DEFAULT_MIN_BATCH,
-        max_batch_size: int = DEFAULT_MAX_BATCH,
+        min_batch_size: int = DEFAULT_MIN_BATCH_SIZE,
+        max_batch_size: int = DEFAULT_MAX_BATCH_SIZE,
         large_model: bool = False,
     ) -> None:
         if signature not in (contract.PREDICT_SIGNATURE, contract.EXPLAIN_SIGNATURE):

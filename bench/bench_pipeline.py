@@ -21,7 +21,6 @@ import json
 import resource
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -59,6 +58,7 @@ def main() -> int:
 
     import keras
     import tensorflow as tf
+    from benchkit import fastest_alternating
 
     from model_export.export import export_model
     from model_export.loader import load_model
@@ -106,16 +106,13 @@ def main() -> int:
         on_pipeline, in_memory = fresh_model(), fresh_model()
         on_pipeline.fit(ds, epochs=1, verbose=0)  # fills the cache, traces the step
         in_memory.fit(tensors, epochs=1, verbose=0)
-        pipeline_t, memory_t = [], []
-        for _ in range(args.epochs):
-            t = time.perf_counter()
-            on_pipeline.fit(ds, epochs=1, verbose=0)
-            pipeline_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            in_memory.fit(tensors, epochs=1, verbose=0)
-            memory_t.append(time.perf_counter() - t)
-        pipeline_ips = len(idx) / min(pipeline_t)
-        memory_ips = len(idx) / min(memory_t)
+        pipeline_s, memory_s = fastest_alternating(
+            args.epochs,
+            lambda: on_pipeline.fit(ds, epochs=1, verbose=0),
+            lambda: in_memory.fit(tensors, epochs=1, verbose=0),
+        )
+        pipeline_ips = len(idx) / pipeline_s
+        memory_ips = len(idx) / memory_s
 
         # 2. Exported signature on bytes vs Keras predict on decoded tensors.
         model = fresh_model()
@@ -134,17 +131,13 @@ def main() -> int:
         batches = [data[i : i + 256] for i in range(0, len(data), 256)]
         loaded.run("serving_default", batches[0])  # warm-up (tracing)
         model.predict(decoded[:256], batch_size=256, verbose=0)
-        serve_t, keras_t = [], []
-        for _ in range(3):
-            t = time.perf_counter()
-            for b in batches:
-                loaded.run("serving_default", b)
-            serve_t.append(time.perf_counter() - t)
-            t = time.perf_counter()
-            model.predict(decoded, batch_size=256, verbose=0)
-            keras_t.append(time.perf_counter() - t)
-        serve_ips = len(data) / min(serve_t)
-        keras_ips = len(data) / min(keras_t)
+        serve_s, keras_s = fastest_alternating(
+            3,
+            lambda: [loaded.run("serving_default", b) for b in batches],
+            lambda: model.predict(decoded, batch_size=256, verbose=0),
+        )
+        serve_ips = len(data) / serve_s
+        keras_ips = len(data) / keras_s
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     report = {

@@ -22,7 +22,6 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -43,15 +42,6 @@ def _rows(output: Path) -> list[tuple[dict, float]]:
     return rows
 
 
-def _new_version(root: Path, version: int) -> None:
-    source = root / "1"
-    target = root / str(version)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
-    metadata = json.loads((source / "metadata.json").read_text())
-    metadata["version"] = version
-    (target / "metadata.json").write_text(json.dumps(metadata))
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--burst", type=int, default=2000)
@@ -59,7 +49,8 @@ def main() -> int:
     parser.add_argument("--out", default=str(REPO / "bench" / "results" / "stream.json"))
     args = parser.parse_args()
 
-    from model_fixtures import build_tiny_model
+    from model_fixtures import build_tiny_model, publish_version
+    from support import run_local_stream
 
     from beam_jobs import score, stream
     from histo_common.samples import generate_samples
@@ -111,35 +102,23 @@ def main() -> int:
                         Path(row["uri"]).name for row, _ in _rows(output)
                     }:
                         time.sleep(0.25)
-                    _new_version(models, 2)
+                    publish_version(models, models / "1", 2)
                     marks["swap"] = time.time()
                 name = f"trickle_{i:03d}.png"
                 shutil.copy(sources[i % len(sources)], uploads / name)
                 trickle_names.append(name)
                 time.sleep(0.25)
 
-        def run_scenario(setup: stream.LocalSetup) -> None:
-            threading.Thread(target=scenario, args=(setup,), daemon=True).start()
-
-        stream.run(
-            [
-                "--watch",
-                str(uploads),
-                "--model",
-                str(models),
-                "--output",
-                str(output),
-                "--max-idle-seconds",
-                "6",
-                "--window-seconds",
-                "2",
-                "--model-poll-seconds",
-                "1",
-                "--max-batch-seconds",
-                "0.5",
-            ],
-            on_ready=run_scenario,
+        failures = run_local_stream(
+            uploads,
+            models,
+            output,
+            scenario,
+            idle_s=6,
+            flags=("--model-poll-seconds", "1", "--max-batch-seconds", "0.5"),
         )
+        if failures:
+            raise failures[0]
 
         rows = _rows(output)
         by_name: dict[str, list[tuple[dict, float]]] = {}

@@ -5,7 +5,10 @@ disjoint held-out groups that together cover every patient, each holding both
 classes (:func:`pick_groups`, deterministic, printed). For every recipe, group
 and seed, the recipe trains on the patients outside the group, and the group's
 patches are scored through the exported SavedModel from raw bytes at the model's
-own threshold: ROC AUC, balanced accuracy and F1. The original app's CNN
+own threshold: ROC AUC, balanced accuracy and F1; with them, the run's training
+images/s, peak memory, and the SavedModel's serving images/s on those patches (its
+bytes signature: a recipe's serving cost, e.g. of test-time augmentation, is part
+of its score). The original app's CNN
 (``original_cnn``) is trained in the same runs as the baseline. ``--table`` gives
 each recipe's mean and range over groups x seeds (JSON and Markdown).
 
@@ -18,6 +21,10 @@ run is a child process, so its peak memory (RSS) is its own.
     python bench/bench_training.py --mode full            # the README's table (hours)
     python bench/bench_training.py --mode full --table    # summary of what is saved
     python bench/bench_training.py --dataset breakhis --mode quick   # fields of view
+    python bench/bench_training.py --list                 # the recipes, one line each
+    # a dry run of the machinery (seconds of training), kept out of bench/results:
+    python bench/bench_training.py --recipes default final1 --groups-used 1 \
+        --max-minutes 0.2 --results /tmp/bench-dry-run
 
 ``--dataset breakhis`` (``../shared/data/breakhis_100x``, 15 patients) compares a
 split by patient with a split by image and pools the out-of-fold predictions:
@@ -60,29 +67,32 @@ logger = logging.getLogger("bench_training")
 
 @dataclass(frozen=True)
 class Recipe:
-    """A named training configuration: TrainConfig overrides, plus how it is built/scored.
+    """A named training configuration: TrainConfig overrides, plus how it is built.
 
     Attributes:
         overrides: fields of ``training.config.TrainConfig`` (``augmentation`` as a dict).
         original_cnn: build the original app's CNN instead of the job's architecture.
-        tta: score the 8 dihedral views of each image (rotations, flips) and average.
+        about: one line saying what the recipe tests (``--list``); not part of its key.
     """
 
     overrides: dict[str, Any] = field(default_factory=dict)
     original_cnn: bool = False
-    tta: bool = False
+    about: str = field(default="", compare=False)
 
     def key(self) -> dict[str, Any]:
         """What a saved result must match to be reused (the data folder's place aside)."""
-        text = json.dumps(asdict(self), sort_keys=True).replace(str(SHARED), "$SHARED")
+        spec = {k: v for k, v in asdict(self).items() if k != "about"}
+        text = json.dumps(spec, sort_keys=True).replace(str(SHARED), "$SHARED")
         return json.loads(text)
 
 
 _NO_STAIN = {"stain": 0, "brightness": 0, "contrast": 0, "saturation": 0, "hue": 0}
-# One line per configuration; ablations are recipes too.
+_MOBILENET = {"architecture": "mobilenet_v2", "weights": str(MOBILENET_035)}
+# One line per configuration; ablations are recipes too. Test-time augmentation,
+# stain normalisation and weight averaging are TrainConfig fields, so the exported
+# SavedModel carries them and the held-out images are scored through it as any
+# user would score them.
 RECIPES: dict[str, Recipe] = {
-    # The original app (its README): 64 px, one model, flips/rotation/zoom only,
-    # threshold 0.5; batch 32 (16 in its README) to fit the time budget.
     BASELINE: Recipe(
         {
             "image_size": 64,
@@ -92,23 +102,56 @@ RECIPES: dict[str, Recipe] = {
             "augmentation": _NO_STAIN,
         },
         original_cnn=True,
+        about="the original app: 64 px, one model, flips/rotation/zoom only, threshold "
+        "0.5; batch 32 (16 in its README) to fit the time budget",
     ),
-    "default": Recipe(),
-    "folds1": Recipe({"folds": 1}),
-    "folds2": Recipe({"folds": 2}),
-    "size64": Recipe({"image_size": 64}),
-    "width0.5": Recipe({"width": 0.5}),
-    "width1.5": Recipe({"width": 1.5}),
-    "smooth0.1": Recipe({"label_smoothing": 0.1}),
-    "no_stain_aug": Recipe({"augmentation": _NO_STAIN}),
-    "tta": Recipe(tta=True),
+    "default": Recipe(about="the job's defaults"),
+    "folds1": Recipe({"folds": 1}, about="one model and one validation split"),
+    "folds2": Recipe({"folds": 2}, about="two cross-fitted fold models"),
+    "size64": Recipe({"image_size": 64}, about="64 px input instead of 48"),
+    "width0.5": Recipe({"width": 0.5}, about="half the filters and units"),
+    "width1.5": Recipe({"width": 1.5}, about="1.5 times the filters and units"),
+    "smooth0.1": Recipe({"label_smoothing": 0.1}, about="label smoothing 0.1"),
+    "no_stain_aug": Recipe(
+        {"augmentation": _NO_STAIN}, about="no stain or colour jitter in augmentation"
+    ),
+    # Spend the budget better: folds for the threshold, then models on every patient.
+    "final1": Recipe(
+        {"final_models": 1},
+        about="3 cheap fold models set the threshold; 1 model on all patients is exported",
+    ),
+    "final2": Recipe(
+        {"final_models": 2}, about="as final1, with an ensemble of 2 models on all patients"
+    ),
+    "final1_folds2": Recipe(
+        {"final_models": 1, "folds": 2},
+        about="as final1 with 2 fold models (more time for the exported model)",
+    ),
+    "tta": Recipe({"tta": True}, about="the 8 dihedral views averaged inside the SavedModel"),
+    "final1_tta": Recipe({"final_models": 1, "tta": True}, about="final1 with TTA"),
+    "reinhard": Recipe(
+        {"stain_normalisation": "reinhard"},
+        about="Reinhard stain normalisation (CIELAB, training-set reference) in the model",
+    ),
+    "reinhard_no_stain_aug": Recipe(
+        {"stain_normalisation": "reinhard", "augmentation": {"stain": 0}},
+        about="Reinhard normalisation instead of H&E stain jitter",
+    ),
+    "ema": Recipe({"weight_averaging": "ema"}, about="EMA of the weights (0.99 per step)"),
+    "final1_ema": Recipe(
+        {"final_models": 1, "weight_averaging": "ema"}, about="final1 with EMA weights"
+    ),
+    "final1_tta_ema": Recipe(
+        {"final_models": 1, "tta": True, "weight_averaging": "ema"},
+        about="final1 with TTA and EMA weights",
+    ),
     "mobilenet96": Recipe(
-        {"architecture": "mobilenet_v2", "weights": str(MOBILENET_035), "image_size": 96}
+        {**_MOBILENET, "image_size": 96}, about="MobileNetV2 (ImageNet, frozen) at 96 px"
     ),
     # Fields of view (BreakHis): the size comes from the images (224 px for MobileNetV2).
-    "mobilenet_auto": Recipe({"architecture": "mobilenet_v2", "weights": str(MOBILENET_035)}),
+    "mobilenet_auto": Recipe(_MOBILENET, about="MobileNetV2, input size from the images"),
     "mobilenet_auto_ft": Recipe(
-        {"architecture": "mobilenet_v2", "weights": str(MOBILENET_035), "fine_tune_epochs": 5}
+        {**_MOBILENET, "fine_tune_epochs": 5}, about="mobilenet_auto, then 5 epochs fine-tuning"
     ),
 }
 
@@ -272,42 +315,17 @@ def build_original_cnn(image_size: int):  # type: ignore[no-untyped-def]
     return keras.Model(inputs, out, name="original_cnn")
 
 
-def dihedral_views(data: bytes) -> list[bytes]:
-    """The 8 rotations and flips of an encoded image, as PNG bytes."""
-    import io
-
-    from PIL import Image
-
-    image = Image.open(io.BytesIO(data)).convert("RGB")
-    views = []
-    for flip in (False, True):
-        base = image.transpose(Image.Transpose.FLIP_LEFT_RIGHT) if flip else image
-        for k in range(4):
-            out = io.BytesIO()
-            base.rotate(90 * k, expand=True).save(out, format="PNG")
-            views.append(out.getvalue())
-    return views
-
-
-def score_saved_model(
-    model_uri: str, images: list[bytes], *, tta: bool
-) -> tuple[np.ndarray, float, float]:
-    """Probabilities of ``images`` through the SavedModel (raw bytes), its threshold,
-    and serving throughput (images/s, model loading excluded)."""
+def score_saved_model(model_uri: str, images: list[bytes]) -> tuple[np.ndarray, float, float]:
+    """Probabilities of ``images`` through the SavedModel's bytes signature, its threshold,
+    and serving throughput (images/s, model loading and graph tracing excluded)."""
     from model_export.loader import load_model
 
     model = load_model(model_uri)
     model.predict(images[:8])  # the first call traces the graph: not serving speed
-    batches = [images[i : i + 256] for i in range(0, len(images), 256)]
     start = time.perf_counter()
     probs: list[float] = []
-    for batch in batches:
-        if tta:
-            views = [v for data in batch for v in dihedral_views(data)]
-            p = np.array([x.probability for x in model.predict(views)]).reshape(-1, 8)
-            probs.extend(p.mean(axis=1))
-        else:
-            probs.extend(x.probability for x in model.predict(batch))
+    for i in range(0, len(images), 256):
+        probs.extend(x.probability for x in model.predict(images[i : i + 256]))
     seconds = time.perf_counter() - start
     return np.array(probs), model.threshold, len(images) / max(seconds, 1e-9)
 
@@ -350,7 +368,7 @@ def run_one(
     )
     original_build = train_mod.build_model
     if recipe.original_cnn:
-        train_mod.build_model = lambda cfg, n: build_original_cnn(cfg.image_size)
+        train_mod.build_model = lambda cfg, n, stain=None: build_original_cnn(cfg.image_size)
     start = time.monotonic()
     try:
         result = train_mod.train(config)
@@ -360,7 +378,7 @@ def run_one(
     test = [rows[i] for i in held_out]
     images = [Path(r.path).read_bytes() for r in test]
     y = np.array([r.label == config.positive_class for r in test], dtype=int)
-    probs, threshold, images_per_s = score_saved_model(result.model_uri, images, tta=recipe.tta)
+    probs, threshold, images_per_s = score_saved_model(result.model_uri, images)
     metrics = train_mod.binary_metrics(y, probs, threshold)
     doc: dict[str, Any] = {
         **{k: metrics[k] for k in (*METRICS, "sensitivity", "specificity")},
@@ -372,6 +390,8 @@ def run_one(
         "validation_auc": result.validation_metrics.get("roc_auc"),
         "warnings": list(result.warnings),
         "serving_images_per_s": round(images_per_s, 1),
+        "train_images_per_s": round(result.train_images_per_s, 1),
+        "exported": result.exported,
         "peak_rss_gib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20, 2),
     }
     if keep_predictions:
@@ -551,6 +571,10 @@ def summarize(docs: list[dict[str, Any]]) -> dict[str, Any]:
             "train_seconds": _stats([d["train_seconds"] for d in runs])["mean"],
             "peak_rss_gib": max(d["peak_rss_gib"] for d in runs),
             "serving_images_per_s": _stats([d["serving_images_per_s"] for d in runs])["mean"],
+            # Results saved before training speed was recorded lack it: NaN, shown as "-".
+            "train_images_per_s": _stats([d.get("train_images_per_s", np.nan) for d in runs])[
+                "mean"
+            ],
             "runs_with_warnings": sum(bool(d.get("warnings")) for d in runs),
         }
         paired = [
@@ -610,14 +634,16 @@ def markdown_table(summary: dict[str, Any], title: str) -> str:
         f"#### {title}",
         "",
         "| recipe | runs | ROC AUC | balanced acc. | F1 | beats original (AUC) "
-        "| train s | peak RSS GiB | serving img/s |",
-        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: |",
+        "| train s | train img/s | peak RSS GiB | serving img/s |",
+        "| --- | ---: | --- | --- | --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name, e in summary.items():
+        train_speed = e.get("train_images_per_s", float("nan"))
+        train_cell = f"{train_speed:.0f}" if np.isfinite(train_speed) else "-"
         lines.append(
             f"| {name} | {e['runs']} | {cell(e['roc_auc'])} | {cell(e['balanced_accuracy'])} "
             f"| {cell(e['f1'])} | {e.get('beats_baseline', '-')} | {e['train_seconds']:.0f} "
-            f"| {e['peak_rss_gib']:.2f} | {e['serving_images_per_s']:.0f} |"
+            f"| {train_cell} | {e['peak_rss_gib']:.2f} | {e['serving_images_per_s']:.0f} |"
         )
     pooled = {n: e["pooled"] for n, e in summary.items() if "pooled" in e}
     if pooled:
@@ -674,12 +700,17 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--labels", help="another labels CSV (path,label,patient_id)")
     parser.add_argument("--results", default=str(RESULTS), help="where results are saved")
     parser.add_argument("--table", action="store_true", help="only summarise saved results")
+    parser.add_argument("--list", action="store_true", help="list the recipes and exit")
     parser.add_argument("--in-process", action="store_true", help="no child process per run")
     parser.add_argument("--child", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     if args.child:
         return _child(args.child)
+    if args.list:
+        for name, recipe in RECIPES.items():
+            print(f"{name:24} {recipe.about}")
+        return 0
     mode = MODES[args.mode]
     mode = replace(
         mode,

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import io
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
 _FOOTNOTE = "Research use only"
+# Where each plot's legend goes (matplotlib's names): clear of its curves.
+LegendPlace = Literal["lower right", "lower left", "upper left", "upper center"]
 
 
 def _figure() -> tuple[Figure, Axes]:
@@ -41,6 +43,24 @@ def _png(fig: Figure) -> bytes:
     out = io.BytesIO()
     fig.savefig(out, format="png")
     return out.getvalue()
+
+
+def _model_label(metric: str, value: float | None) -> str:
+    """The model curve's legend entry, with its summary figure when there is one."""
+    return f"model ({metric} {value:.3f})" if value is not None else "model"
+
+
+def _finish_axes(
+    ax: Axes, title: str, xlabel: str, ylabel: str, legend: LegendPlace, top: float | None = None
+) -> None:
+    """Title, axis labels and legend; with ``top``, limits of [0, 1] x [0, top]."""
+    if top is not None:
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, top)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.legend(loc=legend)
 
 
 def confusion_matrix_png(
@@ -77,14 +97,17 @@ def roc_png(y: np.ndarray, p: np.ndarray, auc: float | None) -> bytes:
     fig, ax = _figure()
     if len(set(y.tolist())) == 2:
         fpr, tpr, _ = roc_curve(y, p)
-        ax.plot(fpr, tpr, label=f"model (AUC {auc:.3f})" if auc is not None else "model")
+        ax.plot(fpr, tpr, label=_model_label("AUC", auc))
     else:
         ax.text(0.5, 0.5, "needs both classes", ha="center")
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="chance")
-    ax.set_xlabel("1 - specificity (false positive rate)")
-    ax.set_ylabel("sensitivity (true positive rate)")
-    ax.set_title("ROC curve")
-    ax.legend(loc="lower right")
+    _finish_axes(
+        ax,
+        "ROC curve",
+        "1 - specificity (false positive rate)",
+        "sensitivity (true positive rate)",
+        "lower right",
+    )
     return _png(fig)
 
 
@@ -95,21 +118,13 @@ def pr_png(y: np.ndarray, p: np.ndarray, ap: float | None) -> bytes:
     fig, ax = _figure()
     if y.size and y.sum() > 0:
         precision, recall, _ = precision_recall_curve(y, p)
-        ax.step(
-            recall,
-            precision,
-            where="post",
-            label=f"model (AP {ap:.3f})" if ap is not None else "model",
-        )
+        ax.step(recall, precision, where="post", label=_model_label("AP", ap))
         ax.axhline(float(y.mean()), linestyle="--", color="grey", label="prevalence")
     else:
         ax.text(0.5, 0.5, "needs malignant examples", ha="center")
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1.02)
-    ax.set_xlabel("recall (sensitivity)")
-    ax.set_ylabel("precision")
-    ax.set_title("Precision-recall curve")
-    ax.legend(loc="lower left")
+    _finish_axes(
+        ax, "Precision-recall curve", "recall (sensitivity)", "precision", "lower left", 1.02
+    )
     return _png(fig)
 
 
@@ -119,14 +134,15 @@ def calibration_png(bins: Sequence[dict], ece: float | None) -> bytes:
     xs = [b["mean_probability"] for b in bins if b["count"]]
     ys = [b["fraction_malignant"] for b in bins if b["count"]]
     ax.plot([0, 1], [0, 1], linestyle="--", color="grey", label="perfect calibration")
-    label = f"model (ECE {ece:.3f})" if ece is not None else "model"
-    ax.plot(xs, ys, marker="o", label=label)
-    ax.set_xlim(0, 1)
-    ax.set_ylim(0, 1)
-    ax.set_xlabel("mean predicted probability of malignant")
-    ax.set_ylabel("observed fraction malignant")
-    ax.set_title("Calibration curve")
-    ax.legend(loc="upper left")
+    ax.plot(xs, ys, marker="o", label=_model_label("ECE", ece))
+    _finish_axes(
+        ax,
+        "Calibration curve",
+        "mean predicted probability of malignant",
+        "observed fraction malignant",
+        "upper left",
+        1.0,
+    )
     return _png(fig)
 
 
@@ -137,10 +153,13 @@ def histogram_png(
     fig, ax = _figure()
     edges = np.linspace(0.0, 1.0, 21)
     for value, name in enumerate(class_names):
-        ax.hist(p[y == value], bins=edges, alpha=0.6, label=f"true {name}")
+        ax.hist(p[y == value], bins=list(edges), alpha=0.6, label=f"true {name}")
     ax.axvline(threshold, color="black", linestyle="--", label=f"threshold {threshold:.3f}")
-    ax.set_xlabel("predicted probability of malignant")
-    ax.set_ylabel("images")
-    ax.set_title("Predictions by true class")
-    ax.legend(loc="upper center")
+    _finish_axes(
+        ax,
+        "Predictions by true class",
+        "predicted probability of malignant",
+        "images",
+        "upper center",
+    )
     return _png(fig)

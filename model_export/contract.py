@@ -26,6 +26,10 @@ TensorFlow Serving expects) and holds:
   pixels; ``mpp``: their microns per pixel when known) that the tiling rule
   (:mod:`histo_common.tiling`) reads through :meth:`ModelMetadata.training_scale`.
 
+- ``metadata.json``'s ``serving``: the steps inside the signatures beyond decoding,
+  resizing and the network: test-time augmentation (the 8 dihedral views averaged)
+  and stain normalisation (method and reference statistics), each None when off.
+
 Decoding, resizing and normalisation are inside the signatures, so no caller
 re-implements them. This module has no TensorFlow import: readers of metadata
 (the app, infra checks) stay light.
@@ -92,6 +96,10 @@ class ModelMetadata:
     # pixels, and their microns per pixel. None in models exported before them.
     native_size: list[int] | None = None
     mpp: float | None = None
+    # What the signatures do beyond decode, resize and the network, for a reader:
+    # "test_time_augmentation" and "stain_normalisation" (each a dict, or None when off).
+    # Empty in models exported before it.
+    serving: dict[str, Any] = field(default_factory=dict)
     tensorflow_version: str = ""
     keras_version: str = ""
     project_version: str = ""

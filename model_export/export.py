@@ -29,8 +29,44 @@ BACKBONE_LAYER = "backbone"
 HEAD_LAYER = "head"
 
 
+# Test-time augmentation: the dihedral group of the square, 4 rotations x 2 flips.
+DIHEDRAL_VIEWS = 8
+TTA_DESCRIPTION = {
+    "views": DIHEDRAL_VIEWS,
+    "kind": "dihedral: rotations by 0, 90, 180, 270 degrees, unflipped and flipped",
+    "probability": "mean of the views' class probabilities",
+    "heatmap": "mean of the views' Grad-CAM maps, each turned back to the image's "
+    "orientation, rescaled to a peak of 1",
+}
+
+
+def dihedral_views(images: tf.Tensor) -> tf.Tensor:
+    """The 8 rotations and flips of ``[B, S, S, C]`` images as ``[8 * B, S, S, C]``, view-major.
+
+    View ``v`` is ``rot90(flip_left_right(x) if v >= 4 else x, k=v % 4)``.
+    """
+    views = []
+    for flip in (False, True):
+        base = tf.image.flip_left_right(images) if flip else images
+        views += [tf.image.rot90(base, k) for k in range(4)]
+    return tf.concat(views, axis=0)
+
+
+def undo_dihedral_views(maps: tf.Tensor) -> tf.Tensor:
+    """Turn the views' ``[8 * B, S, S, C]`` maps back to the image's orientation.
+
+    Returns:
+        ``[8, B, S, S, C]``: view ``v``'s maps, un-rotated then un-flipped.
+    """
+    out = []
+    for v, view in enumerate(tf.split(maps, DIHEDRAL_VIEWS, axis=0)):
+        back = tf.image.rot90(view, (4 - v % 4) % 4)
+        out.append(tf.image.flip_left_right(back) if v >= 4 else back)
+    return tf.stack(out, axis=0)
+
+
 class ServingModule(tf.Module):
-    """The exported graph: decode -> backbone -> head -> probabilities (+ Grad-CAM)."""
+    """The exported graph: decode -> [8 views] -> backbone -> head -> probabilities (+ Grad-CAM)."""
 
     def __init__(
         self,
@@ -39,6 +75,7 @@ class ServingModule(tf.Module):
         positive_class: str,
         threshold: float,
         image_size: int,
+        tta: bool = False,
     ) -> None:
         super().__init__(name="histo_serving")
         self.keras_model = keras_model
@@ -49,6 +86,7 @@ class ServingModule(tf.Module):
         self.n_classes = len(class_names)
         self.threshold = tf.constant(float(threshold), dtype=tf.float32)
         self.image_size = int(image_size)
+        self.tta = bool(tta)
         spec = tf.TensorSpec([None], tf.string, name=contract.INPUT_KEY)
         self.serve = tf.function(self._serve, input_signature=[spec])
         self.explain = tf.function(self._explain, input_signature=[spec])
@@ -56,14 +94,24 @@ class ServingModule(tf.Module):
         self.serve_pixels = tf.function(self._serve_pixels, input_signature=[pixels])
         self.explain_pixels = tf.function(self._explain_pixels, input_signature=[pixels])
 
-    def _outputs(self, logits: tf.Tensor) -> dict[str, tf.Tensor]:
+    def _probabilities(self, logits: tf.Tensor) -> tf.Tensor:
+        """``[B, C]`` class probabilities in class-name order."""
         if self.n_classes == 2 and logits.shape[-1] == 1:
             p = tf.sigmoid(logits[:, 0])
             probabilities = tf.stack([1.0 - p, p], axis=-1)
             if self.positive_index == 0:
                 probabilities = tf.reverse(probabilities, axis=[-1])
-        else:
-            probabilities = tf.nn.softmax(logits, axis=-1)
+            return probabilities
+        return tf.nn.softmax(logits, axis=-1)
+
+    def _view_mean(self, probabilities: tf.Tensor) -> tf.Tensor:
+        """Average ``[8 * B, C]`` per-view probabilities to ``[B, C]`` (identity without TTA)."""
+        if not self.tta:
+            return probabilities
+        views = tf.reshape(probabilities, [DIHEDRAL_VIEWS, -1, tf.shape(probabilities)[-1]])
+        return tf.reduce_mean(views, axis=0)
+
+    def _outputs(self, probabilities: tf.Tensor) -> dict[str, tf.Tensor]:
         probability = probabilities[:, self.positive_index]
         batch = tf.shape(probability)[0]
         threshold = tf.fill([batch], self.threshold)
@@ -97,18 +145,42 @@ class ServingModule(tf.Module):
     def _explain_pixels(self, image_pixels: tf.Tensor) -> dict[str, tf.Tensor]:
         return self._score_and_explain(resize_decoded(image_pixels, self.image_size))
 
+    def _views(self, images: tf.Tensor) -> tf.Tensor:
+        return dihedral_views(images) if self.tta else images
+
     def _score(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
-        features = self.backbone(images, training=False)
-        return self._outputs(self.head(features, training=False))
+        features = self.backbone(self._views(images), training=False)
+        logits = self.head(features, training=False)
+        return self._outputs(self._view_mean(self._probabilities(logits)))
 
     def _score_and_explain(self, images: tf.Tensor) -> dict[str, tf.Tensor]:
         index, sign = self._explained_logit()
         logits, heatmap = gradcam_heatmap(
-            self.backbone, self.head, images, index, self.image_size, sign=sign
+            self.backbone, self.head, self._views(images), index, self.image_size, sign=sign
         )
-        out = self._outputs(logits)
+        out = self._outputs(self._view_mean(self._probabilities(logits)))
+        if self.tta:
+            mean = tf.reduce_mean(undo_dihedral_views(heatmap[..., None])[..., 0], axis=0)
+            peak = tf.reduce_max(mean, axis=(1, 2), keepdims=True)
+            heatmap = tf.math.divide_no_nan(mean, peak)
         out["heatmap"] = heatmap
         return out
+
+
+def serving_steps(keras_model: tf.keras.Model, tta: bool) -> dict[str, Any]:
+    """What the exported graph does beyond decode, resize and the network (``metadata.serving``)."""
+    from model_export.preprocessing import ReinhardNormalisation
+
+    backbone = keras_model.get_layer(BACKBONE_LAYER)
+    normalisers = [
+        layer.describe()
+        for layer in backbone._flatten_layers(include_self=False)
+        if isinstance(layer, ReinhardNormalisation)
+    ]
+    return {
+        "test_time_augmentation": dict(TTA_DESCRIPTION) if tta else None,
+        "stain_normalisation": normalisers[0] if normalisers else None,
+    }
 
 
 @dataclass(frozen=True)
@@ -150,6 +222,7 @@ def export_model(
     warnings: list[str] | None = None,
     native_size: tuple[int, int] | None = None,
     mpp: float | None = None,
+    tta: bool = False,
 ) -> ExportResult:
     """Export a classifier (Keras model with ``backbone`` and ``head`` sub-models).
 
@@ -172,6 +245,8 @@ def export_model(
         native_size: median ``(width, height)`` of the training images in source
             pixels (the training scale the tiling rule uses).
         mpp: microns per pixel of the training images, when known.
+        tta: average the 8 dihedral views of each image in every signature
+            (probabilities, and Grad-CAM maps turned back; see ``TTA_DESCRIPTION``).
 
     Returns:
         The version's URI, number and metadata.
@@ -196,13 +271,16 @@ def export_model(
         warnings=list(warnings or []),
         native_size=None if native_size is None else [int(v) for v in native_size],
         mpp=None if mpp is None else float(mpp),
+        serving=serving_steps(keras_model, tta),
         tensorflow_version=tf.__version__,
         keras_version=keras.__version__,
         project_version=_project_version(),
         created_at=utc_now(),
         disclaimer=DISCLAIMER,
     )
-    module = ServingModule(keras_model, list(class_names), positive_class, threshold, image_size)
+    module = ServingModule(
+        keras_model, list(class_names), positive_class, threshold, image_size, tta=tta
+    )
     target = contract.version_uri(models_root, model_name, version)
     with tempfile.TemporaryDirectory(prefix="histo-export-") as tmp:
         local = Path(tmp) / "model"

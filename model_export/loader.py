@@ -183,7 +183,9 @@ class LoadedModel:
         """Load the Keras model saved beside the SavedModel (architecture, summary)."""
         import keras
 
-        import model_export.ensemble  # noqa: F401  (registers the ensemble's layer)
+        # Importing these registers the ensemble's and the stain normaliser's layers.
+        import model_export.ensemble
+        import model_export.preprocessing  # noqa: F401
 
         path = storage.join(self.uri, contract.KERAS_FILE)
         with tempfile.TemporaryDirectory() as tmp:

@@ -8,6 +8,8 @@ mean something.
 
 from __future__ import annotations
 
+import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,12 +30,34 @@ class TinyModel:
     sample_dir: Path
 
 
+def export_binary(keras_model, models_root: Path, model_name: str, **fields):  # type: ignore[no-untyped-def]
+    """Export a benign/malignant classifier at threshold 0.5 for a test; the ExportResult.
+
+    ``fields`` override or add ``export_model`` arguments (``tta``, ``native_size``, ...).
+    """
+    from model_export.export import export_model
+
+    return export_model(
+        keras_model,
+        models_root=str(models_root),
+        model_name=model_name,
+        **{
+            "class_names": ["benign", "malignant"],
+            "positive_class": "malignant",
+            "threshold": 0.5,
+            "threshold_method": "fixed at 0.5 (test)",
+            "image_size": int(keras_model.input_shape[1]),
+            "architecture": "custom_cnn",
+            **fields,
+        },
+    )
+
+
 def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
     """Train and export the tiny model on ``sample_dir``."""
     import keras
     import tensorflow as tf
 
-    from model_export.export import export_model
     from model_export.preprocessing import decode_and_resize
     from training.models import build_custom_cnn
 
@@ -48,16 +72,11 @@ def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
     )
     model.compile(keras.optimizers.Adam(3e-3), "binary_crossentropy")
     model.fit(images, labels, epochs=12, batch_size=16, verbose=0)
-    result = export_model(
+    result = export_binary(
         model,
-        models_root=str(models_root),
-        model_name=MODEL_NAME,
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
+        models_root,
+        MODEL_NAME,
         threshold_method="fixed at 0.5 (test fixture)",
-        image_size=IMAGE_SIZE,
-        architecture="custom_cnn",
         native_size=(48, 48),
         training_data={
             "images": len(paths),
@@ -74,3 +93,17 @@ def build_tiny_model(models_root: Path, sample_dir: Path) -> TinyModel:
         image_size=IMAGE_SIZE,
         sample_dir=sample_dir,
     )
+
+
+def publish_version(root: Path, source: Path, version: int) -> Path:
+    """Publish a copy of the version folder ``source`` as ``root/<version>``.
+
+    ``metadata.json`` (with the new version number) is written last, as the exporter
+    does, so a watcher never sees a half-copied version. Returns the new folder.
+    """
+    target = root / str(version)
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
+    metadata = json.loads((source / "metadata.json").read_text())
+    metadata["version"] = version
+    (target / "metadata.json").write_text(json.dumps(metadata))
+    return target

@@ -1,10 +1,13 @@
-"""Small helpers the tests share (importable as ``support``)."""
+"""Small helpers the tests share (importable as ``support``; bench/ imports it too)."""
 
 from __future__ import annotations
 
 import socket
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -22,6 +25,47 @@ def wait_for(predicate: Callable[[], bool], timeout: float = 20.0, interval: flo
             return True
         time.sleep(interval)
     return bool(predicate())
+
+
+def run_local_stream(
+    watch: Path,
+    model: str | Path,
+    output: Path,
+    scenario: Callable[[Any], None],
+    *,
+    idle_s: float,
+    flags: Sequence[str] = (),
+) -> list[BaseException]:
+    """Run ``beam_jobs.stream`` on a watched folder in this thread, ``scenario`` in another.
+
+    ``scenario`` gets the stream's ``LocalSetup`` once it is ready; the stream stops
+    after ``idle_s`` seconds without input. Windows are 2 s; ``flags`` adds more.
+
+    Returns:
+        What ``scenario`` raised (empty when it finished).
+    """
+    from beam_jobs import stream
+
+    failures: list[BaseException] = []
+
+    def guarded(setup: Any) -> None:
+        try:
+            scenario(setup)
+        except BaseException as exc:  # reported by the caller
+            failures.append(exc)
+
+    argv = [
+        *("--watch", str(watch), "--model", str(model), "--output", str(output)),
+        *("--max-idle-seconds", str(idle_s), "--window-seconds", "2"),
+        *flags,
+    ]
+
+    def start(setup: Any) -> None:
+        # A daemon: a scenario still waiting when the stream ends never holds the process.
+        threading.Thread(target=guarded, args=(setup,), daemon=True).start()
+
+    stream.run(argv, on_ready=start)
+    return failures
 
 
 CHROMIUM = "/usr/bin/chromium"

@@ -16,7 +16,15 @@ import sys
 from dataclasses import fields
 
 from histo_common import storage
-from training.config import Augmentation, ConfigError, TrainConfig, from_mapping, load_config_file
+from training.config import (
+    STAIN_NORMALISATIONS,
+    WEIGHT_AVERAGING,
+    Augmentation,
+    ConfigError,
+    TrainConfig,
+    from_mapping,
+    load_config_file,
+)
 from training.models import CUSTOM_CNN, MOBILENET_V2
 
 _DEFAULTS = {f.name: f.default for f in fields(TrainConfig)}
@@ -105,6 +113,36 @@ def build_parser() -> argparse.ArgumentParser:
         help="below this out-of-fold AUC the version is written but marked NOT_BLESSED "
         "(the loader's latest skips it)",
     )
+    p.add_argument(
+        "--final-models",
+        type=int,
+        choices=[0, 1, 2],
+        help="0: export the fold models as the ensemble; 1 or 2: the folds set the threshold, "
+        "then this many models train on all images for --final-epochs and are exported",
+    )
+    p.add_argument(
+        "--final-epochs",
+        type=int,
+        help="epochs of each final model (default: the median best epoch of the folds)",
+    )
+    p.add_argument(
+        "--tta",
+        type=_bool,
+        metavar="BOOL",
+        help="test-time augmentation in the SavedModel: average the 8 rotations and flips",
+    )
+    p.add_argument(
+        "--stain-normalisation",
+        choices=list(STAIN_NORMALISATIONS),
+        help="stain normalisation inside the model (reinhard: CIELAB statistics of the "
+        "training set)",
+    )
+    p.add_argument(
+        "--weight-averaging",
+        choices=list(WEIGHT_AVERAGING),
+        help="ema: export an exponential moving average of the weights",
+    )
+    p.add_argument("--ema-momentum", type=float, help="EMA decay per step (default 0.99)")
     p.add_argument(
         "--mpp",
         type=float,

@@ -14,6 +14,11 @@ from typing import Any
 from model_export.contract import DEFAULT_MODEL_NAME, MODEL_NAME_RE
 from training.models import ARCHITECTURES, CUSTOM_CNN, MOBILENET_V2
 
+# Stain normalisation inside the model (model_export.preprocessing): "reinhard" matches
+# each image's CIELAB mean and spread to the training set's.
+STAIN_NORMALISATIONS = ("none", "reinhard")
+WEIGHT_AVERAGING = ("none", "ema")
+
 
 class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the field."""
@@ -79,6 +84,22 @@ class TrainConfig:
     max_threshold_spread: float = 2.0
     # Below this out-of-fold AUC the version is written but marked NOT_BLESSED.
     min_oof_auc: float | None = None
+    # 0: the K fold models are the exported ensemble (as before). 1 or 2: the fold
+    # models only give the threshold, out-of-fold metrics and warnings; then this many
+    # models are trained on every training image for ``final_epochs`` and exported.
+    final_models: int = 0
+    # Epochs of each final model; None: the median best epoch of the fold models.
+    final_epochs: int | None = None
+    # Test-time augmentation in the SavedModel: every signature averages the 8
+    # dihedral views (rotations and flips) of each image.
+    tta: bool = False
+    # "reinhard": a layer at the model's input maps each image's CIELAB mean and
+    # standard deviation to the training set's (statistics stored in the model).
+    stain_normalisation: str = "none"
+    # "ema": the exported weights are an exponential moving average of the weights
+    # over the training steps (Polyak averaging; also what is validated each epoch).
+    weight_averaging: str = "none"
+    ema_momentum: float = 0.99
     # Transfer learning
     weights: str = "none"  # "imagenet", a path to no-top .h5 weights, or "none"
     alpha: float | None = None
@@ -155,6 +176,28 @@ class TrainConfig:
             )
         if self.fine_tune_epochs < 0 or self.fine_tune_layers < 0:
             raise ConfigError("fine_tune_epochs and fine_tune_layers must be >= 0")
+        if self.final_models not in (0, 1, 2):
+            raise ConfigError(f"final_models must be 0, 1 or 2, got {self.final_models}")
+        if self.final_epochs is not None:
+            _positive("final_epochs", self.final_epochs)
+        if self.final_models and self.fine_tune_epochs:
+            raise ConfigError(
+                "final_models cannot be combined with fine_tune_epochs yet (final models "
+                "have no validation data to stop fine-tuning on): set one of them to 0"
+            )
+        if not isinstance(self.tta, bool):
+            raise ConfigError(f"tta must be true or false, got {self.tta!r}")
+        if self.stain_normalisation not in STAIN_NORMALISATIONS:
+            raise ConfigError(
+                f"stain_normalisation must be one of {STAIN_NORMALISATIONS}, "
+                f"got {self.stain_normalisation!r}"
+            )
+        if self.weight_averaging not in WEIGHT_AVERAGING:
+            raise ConfigError(
+                f"weight_averaging must be one of {WEIGHT_AVERAGING}, got {self.weight_averaging!r}"
+            )
+        if not 0.5 <= self.ema_momentum < 1.0:
+            raise ConfigError(f"ema_momentum must be in [0.5, 1), got {self.ema_momentum}")
 
     @property
     def transfer_learning(self) -> bool:
@@ -238,6 +281,8 @@ def load_config_file(uri: str) -> dict[str, Any]:
 
 
 __all__ = [
+    "STAIN_NORMALISATIONS",
+    "WEIGHT_AVERAGING",
     "Augmentation",
     "ConfigError",
     "TrainConfig",

@@ -442,3 +442,28 @@ def make_dataset(
     options = tf.data.Options()
     options.deterministic = not training
     return ds.batch(batch_size).prefetch(tf.data.AUTOTUNE).with_options(options)
+
+
+def stain_reference(
+    examples: list[Example], indices: list[int], image_size: int
+) -> tuple[list[float], list[float]]:
+    """The Reinhard reference: mean CIELAB channel means and standard deviations of images.
+
+    Each image counts once, as the model sees it (decoded and resized by the contract's
+    own decoder); the reference is the average of the per-image statistics, the
+    "typical" image the normaliser maps every input to.
+
+    Returns:
+        ``(lab_mean, lab_std)``, three floats each.
+    """
+    from model_export.preprocessing import MIN_LAB_STD, lab_statistics
+
+    means, stds = [], []
+    dataset = make_dataset(examples, indices, image_size=image_size, batch_size=256, training=False)
+    for images, _labels in dataset:
+        mean, std = lab_statistics(images)
+        means.append(mean.numpy())
+        stds.append(std.numpy())
+    lab_mean = np.concatenate(means).mean(axis=0)
+    lab_std = np.maximum(np.concatenate(stds).mean(axis=0), MIN_LAB_STD)
+    return [float(v) for v in lab_mean], [float(v) for v in lab_std]

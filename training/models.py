@@ -56,6 +56,7 @@ def build_custom_cnn(
     dense_units: tuple[int, ...] = (128,),
     dropout: float = 0.5,
     l2: float = 1e-4,
+    normaliser: layers.Layer | None = None,
 ) -> keras.Model:
     """Build the original app's CNN, grown a little.
 
@@ -67,11 +68,12 @@ def build_custom_cnn(
     cheap) and global pooling replaces Flatten (fewer weights, less over-fitting to
     position). The backbone ends at the last block's convolutions, before its pooling,
     so Grad-CAM has the finest map; pooling, dropout and the dense layers form the head.
+    ``normaliser`` (e.g. stain normalisation) is the backbone's first step when given.
     """
     if len(convs_per_block) != len(filters):
         raise ValueError("convs_per_block needs one entry per block in filters")
     inputs = keras.Input((image_size, image_size, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="scale")(inputs)
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(_normalised(inputs, normaliser))
     for i, f in enumerate(filters):
         last = i == len(filters) - 1
         x = _conv_block(
@@ -107,6 +109,7 @@ def build_mobilenet_v2(
     dropout: float = 0.3,
     l2: float = 1e-4,
     dense_units: int = 128,
+    normaliser: layers.Layer | None = None,
 ) -> keras.Model:
     """MobileNetV2 (a nested model, frozen at first) with GAP -> Dense -> Dropout -> logits.
 
@@ -118,6 +121,7 @@ def build_mobilenet_v2(
         dropout: dropout rate after the dense layer.
         l2: L2 weight on the dense layer's kernel (0 for none).
         dense_units: width of the dense layer.
+        normaliser: a layer applied to the RGB input first (e.g. stain normalisation).
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     base = keras.applications.MobileNetV2(
@@ -127,7 +131,7 @@ def build_mobilenet_v2(
         weights=weights,
     )
     base.trainable = False
-    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(inputs)
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(_normalised(inputs, normaliser))
     x = base(x, training=False)
     backbone = keras.Model(inputs, x, name="backbone")
 
@@ -143,6 +147,11 @@ def build_mobilenet_v2(
     logits = layers.Dense(n_outputs, name="logits")(h)
     head = keras.Model(feat, logits, name="head")
     return _assemble(inputs, backbone, head, n_outputs, MOBILENET_V2)
+
+
+def _normalised(inputs: keras.KerasTensor, normaliser: layers.Layer | None) -> keras.KerasTensor:
+    """``normaliser(inputs)``, or the inputs themselves."""
+    return inputs if normaliser is None else normaliser(inputs)
 
 
 def _assemble(

@@ -19,7 +19,7 @@ import os
 import tempfile
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +38,7 @@ from training.data import (
     make_dataset,
     resolve_input,
     split_examples,
+    stain_reference,
 )
 from training.quality import (
     fold_thresholds,
@@ -75,12 +76,30 @@ class TrainResult:
     train_seconds: float
     warnings: tuple[str, ...] = ()  # reasons to doubt the model (also in metadata.json)
     blessed: bool = True  # False: the version is marked NOT_BLESSED (--min-oof-auc)
+    # Training images through the network per second of training (epochs x images / s).
+    train_images_per_s: float = 0.0
+    exported: dict[str, Any] | None = None  # what was exported (see ExportPlan.describe)
 
 
-def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
-    """Build the configured architecture (private to the run, public for tests)."""
+StainReference = tuple[list[float], list[float]]  # CIELAB means and stds (Reinhard)
+
+
+def build_model(
+    config: TrainConfig, n_classes: int, stain: StainReference | None = None
+) -> keras.Model:
+    """Build the configured architecture (private to the run, public for tests).
+
+    ``stain`` (with ``stain_normalisation: reinhard``) puts the Reinhard normaliser
+    with these reference statistics at the start of the backbone.
+    """
+    from model_export.preprocessing import ReinhardNormalisation
     from training import models
 
+    normaliser = None
+    if config.stain_normalisation == "reinhard":
+        if stain is None:
+            raise TrainingError("reinhard stain normalisation needs the training set's statistics")
+        normaliser = ReinhardNormalisation(*stain, name="stain_normalisation")
     n_outputs = 1 if n_classes == 2 else n_classes
     if config.architecture == models.MOBILENET_V2:
         weights = config.weights_source
@@ -97,6 +116,7 @@ def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
                 alpha=config.resolved_alpha,
                 dropout=config.dropout,
                 l2=config.l2,
+                normaliser=normaliser,
             )
         except Exception as exc:
             if weights == "imagenet":
@@ -116,6 +136,7 @@ def build_model(config: TrainConfig, n_classes: int) -> keras.Model:
         dense_units=(max(8, round(128 * config.width)),),
         dropout=config.dropout,
         l2=config.l2,
+        normaliser=normaliser,
     )
 
 
@@ -259,7 +280,7 @@ class _TimeBudget:
                 self.epoch_seconds = max(self.epoch_seconds, time.monotonic() - self.started)
                 if time.monotonic() + self.epoch_seconds > self.deadline:
                     logger.info(
-                        "Time budget of %.1f min reached after epoch %d", minutes, epoch + 1
+                        "Time budget of %.2f min reached after epoch %d", minutes, epoch + 1
                     )
                     self.model.stop_training = True
 
@@ -346,7 +367,17 @@ def _callbacks(
     import keras
 
     monitor, mode = ("val_auc", "max") if held_out.n_classes == 2 else ("val_accuracy", "max")
+    # With EMA the averaged weights are swapped in at each epoch's end, before the
+    # callbacks below: batch norm is recalibrated for them, and they are what is
+    # validated, checkpointed, and restored as the best epoch's (the raw weights go
+    # back in for the next epoch's steps).
+    averaging = (
+        [keras.callbacks.SwapEMAWeights(swap_on_epoch=True)]
+        if config.weight_averaging == "ema"
+        else []
+    )
     callbacks = [
+        *averaging,
         _HeldOutMetrics(held_out),
         keras.callbacks.ModelCheckpoint(
             str(run_dir / "checkpoint.keras"), monitor=monitor, mode=mode, save_best_only=True
@@ -379,18 +410,29 @@ class _HeldOut:
 
 
 def _compile(
-    model: keras.Model, learning_rate: float, n_classes: int, label_smoothing: float = 0.0
+    model: keras.Model, config: TrainConfig, n_classes: int, learning_rate: float | None = None
 ) -> None:
-    """Adam with cross-entropy (binary or sparse categorical) and accuracy/AUC metrics."""
+    """Adam with cross-entropy (binary or sparse categorical) and accuracy/AUC metrics.
+
+    With ``weight_averaging: ema`` the optimizer keeps an exponential moving average
+    of the weights (``ema_momentum`` per step), which replaces the weights at the end
+    of ``fit``.
+    """
     import keras
 
+    learning_rate = config.learning_rate if learning_rate is None else learning_rate
+    label_smoothing = config.label_smoothing
+    ema = config.weight_averaging == "ema"
     if n_classes == 2:
         loss = keras.losses.BinaryCrossentropy(label_smoothing=label_smoothing)
         metrics = [keras.metrics.AUC(name="auc"), keras.metrics.BinaryAccuracy(name="accuracy")]
     else:
         loss = keras.losses.SparseCategoricalCrossentropy()
         metrics = [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=loss, metrics=metrics)
+    optimizer = keras.optimizers.Adam(
+        learning_rate, use_ema=ema, ema_momentum=config.ema_momentum if ema else 0.99
+    )
+    model.compile(optimizer=optimizer, loss=loss, metrics=metrics)
 
 
 def _predict_scores(
@@ -427,6 +469,50 @@ def plan_splits(dataset: Dataset, config: TrainConfig) -> list[Split]:
     return fold_splits(dataset, config.folds, config.seed)
 
 
+@dataclass(frozen=True)
+class _Member:
+    """One trained model of a run and what its training said."""
+
+    model: Any  # keras.Model
+    scores: np.ndarray  # its validation predictions (empty for a final model)
+    epochs_run: int
+    best_epoch: int  # 1-based epoch whose weights were kept (the monitored best)
+    learning_rates: tuple[float, ...]  # learning rate in effect in each epoch
+    images_seen: int  # training images through the network (epochs x images)
+
+
+@dataclass(frozen=True)
+class _TrainInputs:
+    """A model's augmented training batches, class weights and batch-norm calibration batches."""
+
+    train: Any  # tf.data.Dataset
+    weights: dict[int, float]
+    calibration: Any  # un-augmented training batches for recalibrate_batch_norm
+
+
+def _train_inputs(config: TrainConfig, dataset: Dataset, indices: list[int]) -> _TrainInputs:
+    examples = dataset.examples
+    labels = np.array([examples[i].label for i in indices])
+    size, batch = config.input_size, config.batch_size
+    train_ds = make_dataset(
+        examples,
+        indices,
+        image_size=size,
+        batch_size=batch,
+        training=True,
+        augmentation=config.augmentation,
+        seed=config.seed,
+    )
+    rng = np.random.default_rng(config.seed)
+    calibration_idx = sorted(
+        rng.choice(indices, min(len(indices), BN_CALIBRATION_IMAGES), replace=False)
+    )
+    calibration = make_dataset(
+        examples, calibration_idx, image_size=size, batch_size=batch, training=False
+    )
+    return _TrainInputs(train_ds, class_weights(labels, len(dataset.class_names)), calibration)
+
+
 def _fit_member(
     config: TrainConfig,
     dataset: Dataset,
@@ -434,51 +520,42 @@ def _fit_member(
     run_dir: Path,
     budget_minutes: float | None,
     verbose: int,
-) -> tuple[keras.Model, np.ndarray, int]:
+    stain: StainReference | None = None,
+    index: int = 0,
+) -> _Member:
     """Train one model on ``split.train``, early-stopped on ``split.validation``.
 
-    Returns:
-        ``(model, validation scores, epochs run)``.
+    Its initial weights follow ``seed + index`` alone (fold ``index``), so a model can
+    be rebuilt as it started.
     """
+    import keras
+
     n_classes = len(dataset.class_names)
     examples = dataset.examples
     run_dir.mkdir(parents=True, exist_ok=True)
-    train_labels = np.array([examples[i].label for i in split.train])
     size, batch = config.input_size, config.batch_size
-    train_ds = make_dataset(
-        examples,
-        split.train,
-        image_size=size,
-        batch_size=batch,
-        training=True,
-        augmentation=config.augmentation,
-        seed=config.seed,
-    )
+    inputs = _train_inputs(config, dataset, split.train)
     val_ds = make_dataset(
         examples, split.validation, image_size=size, batch_size=batch, training=False
     )
-    weights = class_weights(train_labels, n_classes)
-    rng = np.random.default_rng(config.seed)
-    calibration_idx = sorted(
-        rng.choice(split.train, min(len(split.train), BN_CALIBRATION_IMAGES), replace=False)
-    )
-    calibration = make_dataset(
-        examples, calibration_idx, image_size=size, batch_size=batch, training=False
-    )
     labels = np.array([examples[i].label for i in split.validation])
-    held_out = _HeldOut(val_ds, labels, n_classes, calibration)
-    model = build_model(config, n_classes)
-    _compile(model, config.learning_rate, n_classes, config.label_smoothing)
+    held_out = _HeldOut(val_ds, labels, n_classes, inputs.calibration)
+    keras.utils.set_random_seed(config.seed + index)
+    model = build_model(config, n_classes, stain)
+    _compile(model, config, n_classes)
     fit_start = time.monotonic()
     history = model.fit(
-        train_ds,
+        inputs.train,
         epochs=config.epochs,
         shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
-        class_weight=weights,
+        class_weight=inputs.weights,
         callbacks=_callbacks(config, run_dir, budget_minutes, held_out),
         verbose=verbose,
     )
     epochs_run = len(history.history.get("loss", []))
+    monitored = history.history.get("val_auc" if n_classes == 2 else "val_accuracy", [])
+    best_epoch = int(np.argmax(monitored)) + 1 if monitored else epochs_run
+    rates = history.history.get("learning_rate") or [config.learning_rate] * epochs_run
     if config.transfer_learning and config.fine_tune_epochs > 0:
         left = None
         if budget_minutes is not None:
@@ -487,26 +564,176 @@ def _fit_member(
             model,
             config,
             n_classes,
-            train_ds,
+            inputs.train,
             held_out,
-            weights,
+            inputs.weights,
             run_dir,
             epochs_run,
             left,
             verbose,
         )
     scores = _predict_scores(model, examples, split.validation, size, batch)
-    return model, scores, epochs_run
+    return _Member(
+        model,
+        scores,
+        epochs_run,
+        best_epoch,
+        tuple(float(r) for r in rates),
+        epochs_run * len(split.train),
+    )
 
 
-def _merge_histories(run_dir: Path, folds: int) -> None:
-    """One ``history.csv`` for the run: each fold's Keras CSV log with a ``fold`` column."""
+# ------------------------------------------------------------ final models
+
+
+@dataclass(frozen=True)
+class ExportPlan:
+    """Which models a run exports, and for how long the final ones train."""
+
+    final_models: int  # 0: the fold models are exported
+    final_epochs: int  # epochs of each final model (0 without final models)
+    epochs_from: str  # how final_epochs was chosen, in words
+    learning_rates: tuple[float, ...]  # per-epoch schedule the final models follow
+
+    def describe(self, folds: int, fold_best_epochs: list[int], images: int) -> dict[str, Any]:
+        """What ``metadata.json`` (``training_data.exported``) and ``metrics.json`` record."""
+        if not self.final_models:
+            return {
+                "kind": "fold models" if folds > 1 else "one model",
+                "models": folds,
+                "note": "the models whose held-out predictions set the threshold",
+            }
+        return {
+            "kind": "final models",
+            "models": self.final_models,
+            "trained_on_images": images,
+            "epochs": self.final_epochs,
+            "epochs_from": self.epochs_from,
+            "fold_best_epochs": fold_best_epochs,
+            "learning_rates": [round(r, 8) for r in self.learning_rates],
+            "note": f"threshold, held-out metrics and warnings come from {folds} fold "
+            "model(s) that were not exported",
+        }
+
+
+def plan_budget(
+    max_minutes: float | None, folds: int, final_models: int, validation_fraction: float
+) -> tuple[float | None, float | None]:
+    """Split the time budget: ``(minutes per fold model, minutes for the final models)``.
+
+    Every model gets time for about the same number of epochs: an epoch's cost grows
+    with the images it sees, and a final model sees all of them, ``K / (K - 1)``
+    times a fold model's (``1 / (1 - validation_fraction)`` with one fold). So of
+    ``M`` minutes the K fold models share ``M * K / (K + F * c)`` and the F final
+    models the rest; time the folds leave unused (early stopping) goes to the final
+    models too (:func:`train` gives them whatever remains).
+    """
+    if max_minutes is None:
+        return None, None
+    if not final_models:
+        return max_minutes / folds, None
+    ratio = folds / (folds - 1) if folds > 1 else 1 / (1 - validation_fraction)
+    fold_share = max_minutes * folds / (folds + final_models * ratio)
+    return fold_share / folds, max_minutes - fold_share
+
+
+def plan_export(config: TrainConfig, members: list[_Member]) -> ExportPlan:
+    """How long the final models train: ``final_epochs``, else the folds' median best epoch.
+
+    The final models follow the learning-rate schedule of the fold whose best epoch
+    is that median (its plateau reductions, up to that epoch), so they retrace the
+    training the validation curves chose, on every patient.
+    """
+    if not config.final_models:
+        return ExportPlan(0, 0, "", ())
+    best = [m.best_epoch for m in members]
+    if config.final_epochs is not None:
+        epochs, how = config.final_epochs, "final_epochs in the configuration"
+    else:
+        epochs = max(1, int(np.ceil(np.median(best))))
+        how = f"median best epoch of the {len(best)} fold model(s) ({best})"
+    guide = min(members, key=lambda m: (abs(m.best_epoch - epochs), m.best_epoch))
+    rates = list(guide.learning_rates[:epochs]) or [config.learning_rate]
+    rates += [rates[-1]] * (epochs - len(rates))
+    return ExportPlan(config.final_models, epochs, how, tuple(rates))
+
+
+def _fit_final(
+    config: TrainConfig,
+    dataset: Dataset,
+    plan: ExportPlan,
+    index: int,
+    run_dir: Path,
+    budget_minutes: float | None,
+    verbose: int,
+    stain: StainReference | None = None,
+) -> _Member:
+    """Train final model ``index`` on every image for ``plan.final_epochs`` epochs.
+
+    No validation: the epochs and learning rates come from the fold models. Batch
+    norm is recalibrated on plain training images at the end (as the fold models
+    are each epoch); with EMA the averaged weights are what ``fit`` leaves.
+    """
+    import keras
+
+    n_classes = len(dataset.class_names)
+    everything = list(range(len(dataset.examples)))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    seed = config.seed + 1000 * (index + 1)  # final models differ from the folds and each other
+    inputs = _train_inputs(replace(config, seed=seed), dataset, everything)
+    keras.utils.set_random_seed(seed)
+    model = build_model(config, n_classes, stain)
+    _compile(model, config, n_classes, learning_rate=plan.learning_rates[0])
+    rates = plan.learning_rates
+    callbacks: list[Any] = [
+        keras.callbacks.LearningRateScheduler(lambda epoch: rates[min(epoch, len(rates) - 1)]),
+        keras.callbacks.TensorBoard(log_dir=str(run_dir / "logs"), histogram_freq=0),
+        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+    ]
+    if budget_minutes is not None:
+        callbacks.append(_TimeBudget(budget_minutes))
+    history = model.fit(
+        inputs.train,
+        epochs=plan.final_epochs,
+        shuffle=False,  # the tf.data pipeline shuffles; Keras would only warn
+        class_weight=inputs.weights,
+        callbacks=callbacks,
+        verbose=verbose,
+    )
+    recalibrate_batch_norm(model, inputs.calibration)
+    epochs_run = len(history.history.get("loss", []))
+    if epochs_run < plan.final_epochs:
+        logger.warning(
+            "Final model %d stopped by the time budget after %d of %d epochs",
+            index + 1,
+            epochs_run,
+            plan.final_epochs,
+        )
+    return _Member(
+        model,
+        np.empty(0),
+        epochs_run,
+        epochs_run,
+        tuple(rates[:epochs_run]),
+        epochs_run * len(everything),
+    )
+
+
+def _merge_histories(run_dir: Path, folds: int, finals: int = 0) -> None:
+    """One ``history.csv`` for the run: each model's Keras CSV log with a ``fold`` column.
+
+    Fold models are ``0``, ``1``, ...; final models ``final0``, ``final1``.
+    """
     rows: list[dict[str, str]] = []
-    for k in range(folds):
-        path = run_dir / f"fold{k}" / "history.csv" if folds > 1 else run_dir / "history.csv"
+    logs = [
+        (str(k), run_dir / f"fold{k}" / "history.csv" if folds > 1 else run_dir / "history.csv")
+        for k in range(folds)
+    ]
+    logs += [(f"final{j}", run_dir / f"final{j}" / "history.csv") for j in range(finals)]
+    for name, path in logs:
         if path.is_file():
             for row in csv.DictReader(path.open()):
-                rows.append({"fold": str(k), **row})
+                rows.append({"fold": name, **row})
     if not rows:
         return
     columns = list(dict.fromkeys(c for row in rows for c in row))
@@ -522,7 +749,10 @@ def train(config: TrainConfig) -> TrainResult:
     With ``folds > 1`` (the default) the job cross-fits: K models, each trained on
     the patients outside one fold and early-stopped on that fold, make the exported
     ensemble; their predictions on the patients they never saw (out-of-fold) give
-    the threshold and the reported validation metrics.
+    the threshold and the reported validation metrics. With ``final_models`` 1 or 2
+    the fold models only do that: then that many models train on every image for
+    the epochs the folds' validation curves chose (:func:`plan_export`) and are
+    exported instead; the time budget is split by :func:`plan_budget`.
 
     Raises:
         DataError: bad training data (named).
@@ -566,29 +796,64 @@ def train(config: TrainConfig) -> TrainResult:
     version = next_version(model_root)
     run_uri = f"{config.output.rstrip('/')}/runs/{config.model_name}/{version}"
     verbose = config.verbose if config.verbose is not None else (1 if os.isatty(1) else 2)
-    per_member = config.max_minutes / len(splits) if config.max_minutes else None
-    members, epochs_run = [], 0
+    per_member, _final_budget = plan_budget(
+        config.max_minutes, len(splits), config.final_models, config.validation_fraction
+    )
+    stain = None
+    if config.stain_normalisation == "reinhard":
+        stain = stain_reference(
+            dataset.examples, list(range(len(dataset.examples))), config.input_size
+        )
+        logger.info("Reinhard reference (CIELAB mean, std) of the training set: %s", stain)
+    members: list[_Member] = []
     held_out_idx = np.concatenate([np.array(s.validation, dtype=int) for s in splits])
-    held_scores = []
     with tempfile.TemporaryDirectory(prefix="histo-run-") as tmp:
         run_dir = Path(tmp)
         fit_start = time.monotonic()
         for k, split in enumerate(splits):
             member_dir = run_dir / f"fold{k}" if len(splits) > 1 else run_dir
             logger.info("Training model %d of %d", k + 1, len(splits))
-            model, scores, epochs = _fit_member(
-                config, dataset, split, member_dir, per_member, verbose
+            member = _fit_member(
+                config, dataset, split, member_dir, per_member, verbose, stain, index=k
             )
             if k == 0:
-                model.summary(print_fn=logger.info)
-            members.append(model)
-            held_scores.append(scores)
-            epochs_run += epochs
+                member.model.summary(print_fn=logger.info)
+            members.append(member)
+        plan = plan_export(config, members)
+        finals: list[_Member] = []
+        for j in range(plan.final_models):
+            left = None
+            if config.max_minutes is not None:
+                spent = (time.monotonic() - fit_start) / 60
+                left = max(0.1, (config.max_minutes - spent) / (plan.final_models - j))
+            logger.info(
+                "Training final model %d of %d on all %d images for %d epochs (%s)",
+                j + 1,
+                plan.final_models,
+                len(dataset.examples),
+                plan.final_epochs,
+                plan.epochs_from,
+            )
+            finals.append(
+                _fit_final(config, dataset, plan, j, run_dir / f"final{j}", left, verbose, stain)
+            )
         train_seconds = time.monotonic() - fit_start
-        model = ensemble_classifier(members, name=f"{config.architecture}_x{len(members)}")
+        trained = members + finals
+        epochs_run = sum(m.epochs_run for m in trained)
+        images_per_s = sum(m.images_seen for m in trained) / max(train_seconds, 1e-9)
+        exported = finals or members
+        kind = "final" if finals else "cross-fitted"
+        model = ensemble_classifier(
+            [m.model for m in exported], name=f"{config.architecture}_x{len(exported)}"
+        )
+        exported_doc = plan.describe(
+            len(splits), [m.best_epoch for m in members], len(dataset.examples)
+        )
+        if finals:
+            exported_doc["epochs_run"] = [m.epochs_run for m in finals]
 
         y_held = np.array([dataset.examples[i].label for i in held_out_idx])
-        scores = np.concatenate(held_scores)
+        scores = np.concatenate([m.scores for m in members])
         where = "out-of-fold (patient-grouped) predictions" if len(splits) > 1 else "validation"
         if n_classes == 2:
             threshold, how = choose_threshold(
@@ -606,7 +871,7 @@ def train(config: TrainConfig) -> TrainResult:
         )
         reasons = not_blessed_reasons(val_metrics.get("roc_auc", float("nan")), config.min_oof_auc)
 
-        _merge_histories(run_dir, len(splits))
+        _merge_histories(run_dir, len(splits), len(finals))
         (run_dir / "split.csv").write_text(_split_csv(dataset, splits))
         (run_dir / "config.json").write_text(json.dumps(config.to_dict(), indent=2))
         (run_dir / "metrics.json").write_text(
@@ -615,9 +880,11 @@ def train(config: TrainConfig) -> TrainResult:
                     "validation": val_metrics,
                     "threshold": threshold,
                     "threshold_method": how,
-                    "models": len(members),
+                    "models": len(trained),
+                    "exported": exported_doc,
                     "epochs_run": epochs_run,
                     "train_seconds": round(train_seconds, 1),
+                    "train_images_per_s": round(images_per_s, 1),
                     "data": dataset.summary(),
                     "warnings": warnings,
                     "not_blessed": reasons,
@@ -646,14 +913,14 @@ def train(config: TrainConfig) -> TrainResult:
         threshold=threshold,
         threshold_method=how,
         image_size=config.input_size,
-        architecture=config.architecture
-        + (f" (ensemble of {len(members)} cross-fitted models)" if len(members) > 1 else ""),
+        architecture=config.architecture + _exported_words(kind, plan, len(exported), len(splits)),
         training_data={
             **dataset.summary(),
             "source": config.data,
             "split": splits[0].method,
             "folds": len(splits),
             "validation_patients": sorted({p for s in splits for p in s.validation_patients}),
+            "exported": exported_doc,
         },
         validation_metrics=val_metrics,
         training_config=config.to_dict(),
@@ -662,6 +929,7 @@ def train(config: TrainConfig) -> TrainResult:
         warnings=warnings,
         native_size=median_size(e.data for e in dataset.examples),
         mpp=config.mpp,
+        tta=config.tta,
     )
     logger.info(
         "Done in %.0f s: %s (threshold %.3f), run record in %s",
@@ -680,7 +948,20 @@ def train(config: TrainConfig) -> TrainResult:
         train_seconds=train_seconds,
         warnings=tuple(warnings),
         blessed=not reasons,
+        train_images_per_s=images_per_s,
+        exported=exported_doc,
     )
+
+
+def _exported_words(kind: str, plan: ExportPlan, models: int, folds: int) -> str:
+    """The architecture's suffix in the metadata: what the exported models are."""
+    if kind == "final":
+        what = "model" if models == 1 else f"ensemble of {models} models"
+        return (
+            f" ({what} trained on all images for {plan.final_epochs} epochs; threshold "
+            f"from {folds} cross-fitted model{'s' if folds > 1 else ''})"
+        )
+    return f" (ensemble of {models} cross-fitted models)" if models > 1 else ""
 
 
 def _assess(
@@ -738,7 +1019,7 @@ def _fine_tune(
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-    _compile(model, config.learning_rate / 10, n_classes, config.label_smoothing)
+    _compile(model, config, n_classes, learning_rate=config.learning_rate / 10)
     history = model.fit(
         train_ds,
         epochs=initial_epoch + config.fine_tune_epochs,

@@ -11,14 +11,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
-from support import wait_for
+from model_fixtures import publish_version
+from support import run_local_stream, wait_for
 
 from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
 from beam_jobs.config import ConfigError, ScoringOptions
@@ -280,31 +279,6 @@ def _rows(output: Path, kind: str) -> list[dict]:
     ]
 
 
-def _new_version(root: Path, source: Path, version: int) -> None:
-    """Publish a copy of ``source`` as ``version``, metadata.json written last."""
-    target = root / str(version)
-    shutil.copytree(source, target, ignore=shutil.ignore_patterns("metadata.json"))
-    metadata = json.loads((source / "metadata.json").read_text())
-    metadata["version"] = version
-    (target / "metadata.json").write_text(json.dumps(metadata))
-
-
-def _run_stream(
-    argv: list[str], scenario: Callable[[stream.LocalSetup], None]
-) -> list[BaseException]:
-    """Run the stream in this thread; ``scenario`` runs in another once it is ready."""
-    failures: list[BaseException] = []
-
-    def _scenario(setup: stream.LocalSetup) -> None:
-        try:
-            scenario(setup)
-        except BaseException as exc:  # reported by the test
-            failures.append(exc)
-
-    stream.run(argv, on_ready=lambda s: threading.Thread(target=_scenario, args=(s,)).start())
-    return failures
-
-
 def _publish_raw(setup: stream.LocalSetup, data: bytes, attributes: dict[str, str]) -> None:
     assert setup.notifier.publisher.publish(data, attributes)
 
@@ -342,29 +316,18 @@ def test_stream_scores_a_burst_once_each_and_follows_a_new_model_version(
         _publish_raw(setup, b"not a notification", {"origin": "somebody else"})
         assert bucket.name == "uploads"
         assert wait_for(lambda: len(_rows(output, "results")) >= 12, timeout=60)
-        _new_version(models, models / "1", 2)
+        publish_version(models, models / "1", 2)
         time.sleep(1.5)  # longer than --model-poll-seconds
         for path in images[12:16]:
             shutil.copy(path, uploads / path.name)
 
-    failures = _run_stream(
-        [
-            "--watch",
-            str(uploads),
-            "--model",
-            str(models),
-            "--output",
-            str(output),
-            "--max-idle-seconds",
-            "5",
-            "--window-seconds",
-            "2",
-            "--model-poll-seconds",
-            "1",
-            "--max-batch-seconds",
-            "0.5",
-        ],
+    failures = run_local_stream(
+        uploads,
+        models,
+        output,
         scenario,
+        idle_s=5,
+        flags=("--model-poll-seconds", "1", "--max-batch-seconds", "0.5"),
     )
     assert not failures, failures
 
@@ -409,22 +372,14 @@ def test_stream_loses_no_rows_when_the_emulator_restarts(
         setup.emulator.start()
         setup.ensure()  # a restarted emulator has no topics: the launcher re-creates them
 
-    failures = _run_stream(
-        [
-            "--watch",
-            str(uploads),
-            "--model",
-            tiny_model.version_uri,
-            "--output",
-            str(output),
-            # No margin for a slow restart needed: the stream ends only once every
-            # notification published has been received (or a loss is reported).
-            "--max-idle-seconds",
-            "4",
-            "--window-seconds",
-            "2",
-        ],
+    failures = run_local_stream(
+        uploads,
+        tiny_model.version_uri,
+        output,
         scenario,
+        # No margin for a slow restart: the stream ends only once every notification
+        # published has been received (or, after a long quiet, reports the loss).
+        idle_s=4,
     )
     assert not failures, failures
     assert sorted(r["uri"] for r in _rows(output, "results")) == sorted(

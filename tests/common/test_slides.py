@@ -29,6 +29,25 @@ def pyramid(tmp_path_factory: pytest.TempPathFactory, slide_image: np.ndarray) -
     return path
 
 
+@pytest.fixture(scope="module")
+def dicom_series(tmp_path_factory: pytest.TempPathFactory, pyramid: Path) -> list[Path]:
+    """The pyramid as a DICOM WSI series, converted by wsidicomizer: its files, in one folder."""
+    from wsidicomizer import WsiDicomizer
+
+    folder = tmp_path_factory.mktemp("dicom") / "series"
+    folder.mkdir()
+    files = WsiDicomizer.convert(
+        pyramid,
+        folder,
+        tile_size=256,
+        include_label=False,
+        include_overview=False,
+        include_thumbnail=False,
+        workers=1,
+    )
+    return [Path(f) for f in files]
+
+
 def test_pyramidal_tiff_geometry_and_regions(pyramid: Path, slide_image: np.ndarray) -> None:
     with open_slide(str(pyramid)) as slide:
         g = slide.geometry
@@ -87,22 +106,10 @@ def test_aperio_svs_through_openslide(tmp_path: Path, slide_image: np.ndarray) -
         np.testing.assert_array_equal(slide.read_region(10, 20, 0, 8, 8), slide_image[20:28, 10:18])
 
 
-def test_dicom_wsi_series_folder(tmp_path: Path, pyramid: Path, slide_image: np.ndarray) -> None:
+def test_dicom_wsi_series_folder(dicom_series: list[Path], slide_image: np.ndarray) -> None:
     """A DICOM WSI series made by wsidicomizer from the TIFF, opened by its folder."""
-    from wsidicomizer import WsiDicomizer
-
-    folder = tmp_path / "series"
-    folder.mkdir()
-    files = WsiDicomizer.convert(
-        pyramid,
-        folder,
-        tile_size=256,
-        include_label=False,
-        include_overview=False,
-        include_thumbnail=False,
-        workers=1,
-    )
-    assert len(files) == 2 and all(f.endswith(".dcm") for f in map(str, files))
+    assert len(dicom_series) == 2 and all(f.suffix == ".dcm" for f in dicom_series)
+    folder = dicom_series[0].parent
     with open_slide(str(folder)) as slide:
         assert slide.geometry.vendor == "dicom"
         assert slide.geometry.level_dimensions == ((1024, 768), (512, 384))
@@ -228,22 +235,9 @@ def test_missing_and_empty_inputs(tmp_path: Path) -> None:
 
 
 def test_dicom_series_on_gcs_is_fetched_whole(
-    gcs_bucket: str, tmp_path: Path, pyramid: Path
+    gcs_bucket: str, tmp_path: Path, dicom_series: list[Path]
 ) -> None:
-    from wsidicomizer import WsiDicomizer
-
-    folder = tmp_path / "series"
-    folder.mkdir()
-    files = WsiDicomizer.convert(
-        pyramid,
-        folder,
-        tile_size=256,
-        include_label=False,
-        include_overview=False,
-        include_thumbnail=False,
-        workers=1,
-    )
-    for f in map(Path, files):
+    for f in dicom_series:
         storage.write_bytes(f"{gcs_bucket}/case-7/{f.name}", f.read_bytes())
     uri = f"{gcs_bucket}/case-7"
     with open_slide(uri, cache_dir=str(tmp_path / "cache")) as slide:

@@ -7,10 +7,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from model_fixtures import export_binary
 
 from histo_common.samples import encode_png, synth_patch
 from model_export import contract
-from model_export.export import export_model
 from model_export.loader import load_model
 
 SIZE = 48
@@ -18,18 +18,7 @@ WEIGHTS = Path(__file__).resolve().parents[2].parent / "shared" / "weights"
 
 
 def _export(model, root: Path, architecture: str = "custom_cnn") -> str:  # type: ignore[no-untyped-def]
-    result = export_model(
-        model,
-        models_root=str(root),
-        model_name="m",
-        class_names=["benign", "malignant"],
-        positive_class="malignant",
-        threshold=0.5,
-        threshold_method="fixed",
-        image_size=SIZE,
-        architecture=architecture,
-    )
-    return result.uri
+    return export_binary(model, root, "m", architecture=architecture).uri
 
 
 def test_heatmap_is_higher_over_planted_lesion(tmp_path: Path) -> None:

@@ -82,6 +82,19 @@ def test_image_split_folds_cover_every_image_once(bench) -> None:  # type: ignor
     assert folds == bench.image_folds(rows, 4)
 
 
+def test_every_recipe_is_a_valid_training_config(bench) -> None:  # type: ignore[no-untyped-def]
+    from training.config import from_mapping
+
+    for name, recipe in bench.RECIPES.items():
+        config = from_mapping({"data": "d", "output": "o", **recipe.overrides}, source=name)
+        assert recipe.about, f"recipe {name} has no one-line description"
+        assert config.data == "d"
+    # The description is not part of what a saved result must match.
+    described = bench.Recipe({"tta": True}, about="words")
+    assert described.key() == bench.Recipe({"tta": True}).key()
+    assert bench.RECIPES["final1_tta"].overrides == {"final_models": 1, "tta": True}
+
+
 def test_summary_means_ranges_and_wins(bench) -> None:  # type: ignore[no-untyped-def]
     def doc(recipe: str, group: int, auc: float) -> dict:
         return {
@@ -155,6 +168,7 @@ def test_protocol_saves_each_run_resumes_and_tables(
     for key in ("roc_auc", "balanced_accuracy", "f1", "train_seconds", "peak_rss_gib"):
         assert isinstance(first[key], float), key
     assert first["serving_images_per_s"] > 0 and first["recipe_spec"] == tiny.key()
+    assert first["train_images_per_s"] > 0 and first["exported"]["kind"] == "one model"
     assert first["held_out_patients"] and first["test_images"] > 0
     stamps = [p.stat().st_mtime_ns for p in saved]
     assert bench.run_protocol(spec, ["tiny"], mode, results, in_process=True) == []
@@ -168,4 +182,7 @@ def test_protocol_saves_each_run_resumes_and_tables(
     aucs = [json.loads(p.read_text())["roc_auc"] for p in saved]
     assert report["recipes"]["tiny"]["roc_auc"]["mean"] == pytest.approx(aucs[0])
     assert (results / "table.md").read_text().count("| tiny | 1 |") == 1
+    assert report["recipes"]["tiny"]["train_images_per_s"] == pytest.approx(
+        first["train_images_per_s"]
+    )
     assert json.loads((results / "summary.json").read_text())["groups"]["0"]
