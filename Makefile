@@ -106,6 +106,7 @@ bench: setup ## speed benchmarks (ratios against baselines measured in the same 
 	$(PY) bench/bench_tiles.py
 	$(PY) bench/bench_slides.py
 	$(PY) bench/bench_stream.py
+	$(PY) bench/bench_launcher.py
 
 bench-training: setup ## held-out IDC patients, full protocol (hours; a rerun resumes, ARGS=...)
 	$(PY) bench/bench_training.py --mode full $(ARGS)

@@ -5,9 +5,9 @@
 job and the streaming job with ``--runner DataflowRunner --dry_run`` for
 ``gs://`` inputs and outputs, then checks each job description: the runner,
 the streaming flag, the steps (``RunInference`` among them) and the staged
-worker setup (``--setup_file``, ``--requirements_file``). ``gs://`` reads made
-while building (the manifest, the model's metadata) go to an in-process storage
-emulator, so no account or network is needed. Exits 1 naming what is missing.
+worker setup (``--setup_file``, ``--requirements_file``). Any ``gs://`` call
+made while building goes to an in-process storage emulator, so no account or
+network is needed. Exits 1 naming what is missing.
 """
 
 from __future__ import annotations
@@ -49,7 +49,15 @@ STAGED = {
     "workflow.tar.gz": "the project (--setup_file)",
     "requirements.txt": "the worker requirements (--requirements_file)",
 }
-BATCH_STEPS = ("ReadManifest", "ReadImages", "RunInference", "WriteResults", "WriteErrors")
+BATCH_STEPS = (
+    "MatchInputs",
+    "WriteManifest",
+    "ReadImages",
+    "RunInference",
+    "WriteResults",
+    "WriteErrors",
+    "Reconcile",
+)
 STREAM_STEPS = (
     "ReadNotifications",
     "DropDuplicates",
@@ -116,11 +124,10 @@ def check(job: JobCheck, *, streaming: bool, steps: Sequence[str]) -> JobCheck:
 
 
 def _seed_storage() -> None:
-    """Put what building the batch job reads into the emulator: its manifest."""
+    """Create the bucket the jobs name (building them reads nothing from it)."""
     from histo_common import storage
 
     storage._gcs_client().create_bucket(BUCKET)
-    storage.write_text(f"gs://{BUCKET}/run/manifest.jsonl", "")
 
 
 def build_batch() -> JobCheck:
@@ -140,11 +147,11 @@ def build_batch() -> JobCheck:
             *DATAFLOW_ARGS,
         ]
     )
+    # The launcher's input check lists gs://; the plan it would make is named here.
     plan = score.ScoringPlan(
-        matched=[],
+        patterns=list(config.inputs),
         identity=IDENTITY,
         base=f"gs://{BUCKET}/images",
-        manifest=f"gs://{BUCKET}/run/manifest.jsonl",
     )
     options = score.pipeline_options(pipeline_args)
     pipeline = beam.Pipeline(options=options)

@@ -5,7 +5,9 @@
 ``results/``, ``errors/`` and ``summary.json`` are written too), or
 ``--scores results/run1`` reads an existing scoring output's JSON Lines rows.
 Labels come from the ``benign/``/``malignant/`` folders or ``--labels
-labels.csv`` (with optional patient ids), read once at launch. This module only
+labels.csv`` (with optional patient ids), read once at launch; when no scored
+image has a label the job says so after the run (the launcher does not list the
+inputs). This module only
 wires Beam: rows -> labelled scores -> the most confident errors explained
 (``ExplainErrors``) -> one step that hands everything to
 :func:`evaluation.outputs.write_evaluation`, which computes the metrics, decides
@@ -23,13 +25,11 @@ import argparse
 import json
 import logging
 import sys
-import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.options.pipeline_options import StandardOptions
 from apache_beam.runners.runner import PipelineResult
 
 from beam_jobs import files, score, summary
@@ -45,6 +45,7 @@ from histo_common.labels import (
     read_labels_csv,
     require_some_label,
     true_label,
+    unlabelled_error,
 )
 from histo_common.layout import DocumentError, MetricsDocument, RunLayout, Summary
 from histo_common.results import ResultRow
@@ -134,18 +135,17 @@ class ScoreSource:
     explainer: ModelIdentity | None  # the model that explains the gallery, if any
     facts: RunFacts  # what the evaluation records about the scored set
     plan: score.ScoringPlan | None = None  # set when this job scores
+    matched: beam.PCollection | None = None  # the matched files, when this job scores
 
 
-def add_scoring_source(
-    pipeline: beam.Pipeline, config: EvaluateConfig, labels: dict[str, LabelledImage] | None
-) -> ScoreSource:
-    """Score ``--input`` with the scoring job's stages (writing its outputs too)."""
+def add_scoring_source(pipeline: beam.Pipeline, config: EvaluateConfig) -> ScoreSource:
+    """Score ``--input`` with the scoring job's stages (writing its outputs too).
+
+    The inputs are matched inside the pipeline; whether any has a label is known
+    once they are scored (:func:`report_outcome`).
+    """
     scoring = config.scoring()
-
-    def some_labelled(plan: score.ScoringPlan) -> None:
-        require_some_label((m.uri for m in plan.matched), CLASS_NAMES, labels, "--input")
-
-    plan = score.start_scoring(scoring, check=some_labelled)
+    plan = score.start_scoring(scoring)
     scored = score.add_scoring(pipeline, scoring, plan)
     return ScoreSource(
         rows=scored["results"] | "RowsToDicts" >> beam.Map(ResultRow.to_dict),
@@ -155,11 +155,11 @@ def add_scoring_source(
             model_version_uri=plan.identity.uri if config.options.model else None,
             errors=0,
             unlabelled=0,
-            matched=len(plan.matched),
             source={"inputs": list(config.inputs), "labels": config.labels},
             class_names=CLASS_NAMES,
         ),
         plan=plan,
+        matched=scored["matched"],
     )
 
 
@@ -246,12 +246,20 @@ def evaluate_all(
     *,
     errors: int,
     unlabelled: int,
+    matched: int | None,
     facts: RunFacts,
     settings: EvaluationSettings,
     output: str,
-) -> MetricsDocument:
-    """The one evaluation step: the counts from the side inputs, then every output."""
-    facts = replace(facts, errors=errors, unlabelled=unlabelled)
+) -> MetricsDocument | None:
+    """The one evaluation step: the counts from the side inputs, then every output.
+
+    Without a labelled score nothing is written; the launcher then says what to do.
+    """
+    if not scores:
+        logger.error("No scored image has a label: nothing to evaluate in %s", output)
+        return None
+    matched = matched if matched is not None else facts.matched
+    facts = replace(facts, errors=errors, unlabelled=unlabelled, matched=matched)
     gallery = sorted(gallery, key=lambda g: abs(g.probability - g.threshold), reverse=True)
     return outputs.write_evaluation(scores, gallery, facts, settings, output)
 
@@ -281,6 +289,10 @@ def add_evaluation(
     )
     error_count = source.errors | "CountErrors" >> beam.combiners.Count.Globally()
     unlabelled_count = labelled[UNLABELLED] | "CountUnlabelled" >> beam.combiners.Count.Globally()
+    if source.matched is not None:
+        matched_count = source.matched | "CountMatched" >> beam.combiners.Count.Globally()
+    else:
+        matched_count = pipeline | "MatchedUnknown" >> beam.Create([None])
     _ = (
         labelled.scores
         | "CollectScores" >> beam.combiners.ToList()
@@ -290,6 +302,7 @@ def add_evaluation(
             gallery=beam.pvalue.AsList(gallery),
             errors=beam.pvalue.AsSingleton(error_count),
             unlabelled=beam.pvalue.AsSingleton(unlabelled_count),
+            matched=beam.pvalue.AsSingleton(matched_count),
             facts=source.facts,
             settings=config.evaluation,
             output=config.output,
@@ -311,33 +324,34 @@ def run(
         NotBlessedError: with ``--strict-gate``, when the model was not blessed.
     """
     config, pipeline_args = parse_args(argv)
-    started = time.monotonic()
     labels = by_uri(read_labels_csv(config.labels, CLASS_NAMES)) if config.labels else None
     pipeline = test_pipeline or beam.Pipeline(options=score.pipeline_options(pipeline_args))
     if config.inputs:
-        source = add_scoring_source(pipeline, config, labels)
+        source = add_scoring_source(pipeline, config)
     else:
         source = add_existing_scores(pipeline, config, labels)
     add_evaluation(pipeline, source, config, labels)
     result = pipeline.run()
-    runner = pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
+    matched = source.facts.matched
     if source.plan is not None:
-        score.finish(
-            result, config=config.scoring(), plan=source.plan, started=started, runner=runner
-        )
+        matched = score.finish(result, config=config.scoring(), plan=source.plan).matched
     else:
         result.wait_until_finish()
-    report_outcome(config)
+    report_outcome(config, matched)
     return result
 
 
-def report_outcome(config: EvaluateConfig) -> MetricsDocument:
+def report_outcome(config: EvaluateConfig, matched: int | None = None) -> MetricsDocument:
     """Log what the evaluation wrote; with ``--strict-gate``, fail on NOT_BLESSED.
 
     Raises:
+        LabelsError: when no scored image had a label (nothing was evaluated).
         NotBlessedError: when the gate refused the model and ``--strict-gate`` was given.
     """
     uri = RunLayout(config.output).metrics
+    if not files.exists(uri):
+        source = "--input" if config.inputs else f"--scores {config.scores}"
+        raise unlabelled_error(matched, CLASS_NAMES, source)
     document = MetricsDocument.from_json(storage.read_text(uri), source=uri)
     logger.info(outputs.describe(document, config.output))
     blessing = document.blessing

@@ -1,9 +1,9 @@
 """Paths for the Beam jobs, through Beam's ``FileSystems`` (``gs://`` and local alike).
 
-Matching the inputs, reading one file, writing one object, reading back the
-sharded outputs (file names come from :mod:`histo_common.layout`). The jobs call
-these at pipeline construction time (matching), inside stages (reading and
-writing) and after the run (the completeness check).
+Checking the input patterns at launch (one file each, whatever the count),
+naming what the pipeline matched, reading one file, writing one object,
+reading back small outputs (file names come from :mod:`histo_common.layout`).
+The launcher calls the checks; the stages call the rest.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from apache_beam.io.filesystem import BeamIOError, CompressionTypes
+from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
 
-from histo_common.layout import RunLayout, join
+from histo_common.layout import join
 
 __all__ = ["join"]  # re-exported: the one URI join, from the run layout
 
@@ -48,57 +48,70 @@ def _absolute(path: str) -> str:
     return path if FileSystems.get_scheme(path) else os.path.abspath(path)
 
 
-def match_inputs(patterns: Iterable[str]) -> list[MatchedFile]:
-    """Match every input pattern with ``FileSystems.match``; deduplicate by URI.
+def matched_file(metadata: FileMetadata) -> MatchedFile:
+    """A file Beam's matching found, named by absolute path when local."""
+    return MatchedFile(uri=_absolute(metadata.path), size=int(metadata.size_in_bytes))
 
-    ``*`` matches within one folder and ``**`` across folders; a plain path or
-    URI names one file.
+
+def _beam_pattern(pattern: str) -> str:
+    # Local patterns are made absolute, so matched files and the base folder agree.
+    path = _beam_path(pattern)
+    return path if FileSystems.get_scheme(path) else os.path.abspath(path)
+
+
+def check_inputs(patterns: Iterable[str]) -> list[str]:
+    """Check, at launch, that the input patterns can be listed and match something.
+
+    Each pattern is matched with a limit of one file, so the cost does not grow
+    with the number of inputs (a listing stops at the first match); the pipeline
+    matches them in full (:class:`beam_jobs.transforms.MatchInputs`).
 
     Args:
-        patterns: glob patterns or URIs (``gs://`` or local).
+        patterns: glob patterns or URIs (``gs://`` or local); ``*`` matches within
+            one folder, ``**`` across folders, a plain path names one file.
 
     Returns:
-        The matched files, sorted by URI; local paths made absolute.
+        The patterns as the pipeline matches them (local ones made absolute).
 
     Raises:
-        InputError: when a pattern cannot be listed.
+        InputError: when a pattern cannot be listed, or when no pattern matches a file.
     """
-    found: dict[str, MatchedFile] = {}
+    checked, matching = [], 0
     for pattern in patterns:
+        beam_pattern = _beam_pattern(pattern)
         try:
-            (result,) = FileSystems.match([_beam_path(pattern)])
+            (result,) = FileSystems.match([beam_pattern], limits=[1])
         except BeamIOError as exc:
             causes = "; ".join(f"{type(e).__name__}: {e}" for e in exc.exception_details.values())
             raise InputError(f"cannot list input {pattern!r}: {causes or exc}") from exc
-        count = 0
-        for meta in result.metadata_list:
-            uri = _absolute(meta.path)
-            found.setdefault(uri, MatchedFile(uri=uri, size=int(meta.size_in_bytes)))
-            count += 1
-        logger.info("Input %s matched %d file(s)", pattern, count)
-    return [found[uri] for uri in sorted(found)]
+        if result.metadata_list:
+            matching += 1
+        else:
+            logger.warning("Input %s matches no file", pattern)
+        checked.append(beam_pattern)
+    if not matching:
+        raise InputError(f"no files match --input {' '.join(patterns)}")
+    return checked
+
+
+def input_base(patterns: Iterable[str]) -> str:
+    """The folder every file the patterns can match sits under (``""`` when none is shared).
+
+    The deepest folder before the first glob character of every pattern, so it is
+    known at launch without listing: ``gs://b/slides/**.png`` -> ``gs://b/slides``.
+    """
+    return common_base(_glob_prefix(_beam_pattern(p)) for p in patterns)
+
+
+def _glob_prefix(pattern: str) -> str:
+    # What Beam lists for a pattern: everything before its first glob character.
+    cut = min((i for i in (pattern.find(c) for c in "*?[") if i >= 0), default=len(pattern))
+    return pattern[:cut]
 
 
 def manifest_line(matched: MatchedFile) -> str:
     """One line of the manifest: the file's URI and size as JSON."""
     return json.dumps({"uri": matched.uri, "size": matched.size})
-
-
-def parse_manifest_line(line: str) -> MatchedFile:
-    """Read back one manifest line."""
-    data = json.loads(line)
-    return MatchedFile(uri=data["uri"], size=int(data["size"]))
-
-
-def write_manifest(output: str, matched: Iterable[MatchedFile]) -> str:
-    """Write ``<output>/manifest.jsonl``, the files the job will read; return its URI.
-
-    The pipeline reads its inputs from this file rather than from a list
-    embedded in the job graph, which Dataflow caps at about 10 MB.
-    """
-    uri = RunLayout(output).manifest
-    write_text(uri, "".join(manifest_line(m) + "\n" for m in matched), "application/x-ndjson")
-    return uri
 
 
 def read_file(uri: str) -> bytes:

@@ -126,6 +126,7 @@ class Publisher:
         self._client = PublisherClient()
         self._failed = False
         self._retry_at = 0.0
+        self.published = 0  # counted messages accepted (heartbeats are not counted)
 
     @property
     def failing(self) -> bool:
@@ -133,12 +134,18 @@ class Publisher:
         return self._failed
 
     def publish(
-        self, data: bytes, attributes: Mapping[str, str], timeout_s: float | None = None
+        self,
+        data: bytes,
+        attributes: Mapping[str, str],
+        timeout_s: float | None = None,
+        counted: bool = True,
     ) -> bool:
         """Publish one message; False (logged) when the service refused or is away.
 
         After a failure, calls within ``backoff_s`` return False at once, so a
         service that is away does not hold the caller for a timeout per message.
+        A ``counted`` message accepted adds one to :attr:`published` (what a local
+        stream waits to receive before it ends); heartbeats are not counted.
         """
         if self._failed and time.monotonic() < self._retry_at:
             return False
@@ -155,6 +162,8 @@ class Publisher:
             self._retry_at = time.monotonic() + self.backoff_s
             return False
         self._failed = False
+        if counted:
+            self.published += 1
         return True
 
     def close(self) -> None:
@@ -209,7 +218,7 @@ class Notifier:
         while not self._stop.is_set():
             try:
                 if not self.poll() and self.heartbeat is not None:
-                    self.publisher.publish(*self.heartbeat, timeout_s=1.0)
+                    self.publisher.publish(*self.heartbeat, timeout_s=1.0, counted=False)
             except storage.StorageError as exc:
                 logger.warning("Cannot list %s, will retry: %s", self.scanner.bucket.list_uri, exc)
             self._stop.wait(self.interval_s)

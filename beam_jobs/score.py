@@ -3,10 +3,13 @@
 ``python -m beam_jobs.score --input 'gs://bucket/slides/**.png' --model gs://models/histo-cnn
 --output gs://results/run1/ [Beam pipeline options]`` (local paths work the same).
 
-Matched files -> ``ScoreInputs`` (``ReadImages`` -> ``ScoreImages`` (RunInference); large
-inputs tiled by :mod:`beam_jobs.slides`) -> ``WriteResults``
-and ``WriteErrors`` (+ Grad-CAM overlays). After the run the job checks that
-results + errors = matched files and writes ``<output>/summary.json``. Runs on the
+``MatchInputs`` (+ ``WriteManifest``) -> ``ScoreInputs`` (``ReadImages`` ->
+``ScoreImages`` (RunInference); large inputs tiled by :mod:`beam_jobs.slides`) ->
+``WriteResults`` and ``WriteErrors`` (+ Grad-CAM overlays), and ``Reconcile``: matched
+URIs joined with result and error URIs, a lost input written as an error row, the
+counts in ``<output>/summary.json``. The launcher only checks that each pattern
+matches something and pins the model, so its time and memory do not grow with the
+number of inputs. Runs on the
 DirectRunner by default; pass ``--runner DataflowRunner --project P --region R
 --temp_location gs://... --setup_file ./setup.py`` for Dataflow.
 """
@@ -20,8 +23,8 @@ import argparse
 import logging
 import sys
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 import apache_beam as beam
@@ -38,6 +41,7 @@ from beam_jobs.config import (
     ScoreConfig,
     ScoringOptions,
 )
+from beam_jobs.matching import MatchInputs, WriteManifest
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
 from beam_jobs.slides import SlideJob, slide_job
 from beam_jobs.transforms import (
@@ -231,13 +235,14 @@ def prepare_output(output: str, overwrite: bool) -> None:
 
 @dataclass(frozen=True)
 class ScoringPlan:
-    """What a pipeline will score, decided at launch."""
+    """What a pipeline will score, decided at launch without listing the inputs."""
 
-    matched: list[files.MatchedFile]
+    patterns: list[str]  # the input patterns as the pipeline matches them
     identity: ModelIdentity
     base: str  # the folder holding every input; overlay names are paths under it
-    manifest: str = ""  # URI of the manifest the pipeline reads; set by write_plan
     endpoint: str | None = None  # TensorFlow Serving host:port, when scoring there
+    positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
+    launched_at: float = field(default_factory=time.time)  # wall clock, for the summary
 
     @property
     def run_model(self) -> RunModel:
@@ -249,8 +254,6 @@ class ScoringPlan:
             endpoint=self.endpoint,
         )
 
-    positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
-
 
 def plan_scoring(
     inputs: Sequence[str],
@@ -258,85 +261,92 @@ def plan_scoring(
     endpoint: str | None,
     serving_model_name: str = contract.DEFAULT_MODEL_NAME,
 ) -> ScoringPlan:
-    """Match the inputs and pin the model version (``model_export.identity.resolve``).
+    """Check the inputs (one file per pattern) and pin the model version.
+
+    Nothing here grows with the number of inputs: the pipeline matches them
+    (:class:`beam_jobs.matching.MatchInputs`).
 
     Raises:
-        files.InputError: when the patterns match nothing.
+        files.InputError: when a pattern cannot be listed or none matches a file.
         ModelLoadError: when the model URI holds no usable version.
     """
-    matched = files.match_inputs(inputs)
-    if not matched:
-        raise files.InputError(f"no files match --input {' '.join(inputs)}")
+    patterns = files.check_inputs(inputs)
     resolved = model_identity.resolve(model, endpoint, serving_model_name)
     identity = resolved.identity
-    base = files.common_base(m.uri for m in matched)
     logger.info(
-        "Scoring %d files with %s version %d (%s)",
-        len(matched),
+        "Scoring %s with %s version %d (%s)",
+        " ".join(inputs),
         identity.name,
         identity.version,
         identity.uri,
     )
     return ScoringPlan(
-        matched=matched,
+        patterns=patterns,
         identity=identity,
-        base=base,
+        base=files.input_base(patterns),
         endpoint=endpoint,
         positive_class=resolved.positive_class,
     )
 
 
-def write_plan(plan: ScoringPlan, output: str) -> ScoringPlan:
-    """Write the manifest of matched files under ``output``; return the plan naming it."""
-    return replace(plan, manifest=files.write_manifest(output, plan.matched))
-
-
-def start_scoring(
-    config: ScoreConfig, check: Callable[[ScoringPlan], None] | None = None
-) -> ScoringPlan:
-    """Match the inputs, pin the model, clear or refuse the output, write the manifest.
-
-    Args:
-        config: the scoring run.
-        check: called with the plan before the output is touched (raise to stop).
-    """
+def start_scoring(config: ScoreConfig) -> ScoringPlan:
+    """Check the inputs, pin the model, clear or refuse the output."""
     plan = plan_scoring(
         config.inputs,
         config.options.model,
         config.options.model_endpoint,
         config.options.serving_model_name,
     )
-    if check is not None:
-        check(plan)
     prepare_output(config.output, config.options.overwrite)
-    return write_plan(plan, config.output)
+    return plan
 
 
 def add_scoring(
     pipeline: beam.Pipeline, config: ScoreConfig, plan: ScoringPlan
 ) -> dict[str, beam.PCollection]:
-    """Add the scoring stages to ``pipeline``; return its ``results`` and ``errors``.
+    """Add the scoring stages to ``pipeline``; return its ``matched``, ``results``, ``errors``.
 
-    The plan must have been written (:func:`write_plan`): the pipeline reads its
-    inputs from the manifest.
+    Matching, the manifest and the reconciliation (``summary.json``) are stages
+    of the pipeline, so the launcher never lists the inputs.
     """
-    if not plan.manifest:
-        raise ValueError("write the plan's manifest (write_plan) before adding the stages")
+    matched = pipeline | "MatchInputs" >> MatchInputs(plan.patterns)
+    return score_matched(matched, config, plan, runner=_runner_name(pipeline))
+
+
+def score_matched(
+    matched: beam.PCollection, config: ScoreConfig, plan: ScoringPlan, runner: str = ""
+) -> dict[str, beam.PCollection]:
+    """The stages after matching: manifest, read, score, write, reconcile.
+
+    Returns:
+        ``matched``, ``results`` and ``errors`` (the lost inputs' rows included).
+    """
     explain_all = config.gradcam and config.gradcam_top is None
     options = config.options
     signature = contract.EXPLAIN_SIGNATURE if explain_all else contract.PREDICT_SIGNATURE
     handler = options_handler(plan.identity, options, signature)
 
-    matched = (
-        pipeline
-        | "ReadManifest" >> beam.io.ReadFromText(plan.manifest)
-        | "ParseManifest" >> beam.Map(files.parse_manifest_line)
-        | "SpreadFiles" >> beam.Reshuffle()
-    )
+    _ = matched | "WriteManifest" >> WriteManifest(config.output)
+    # Matching ends in a grouping by URI, so the files are already spread over workers.
     scored = matched | "ScoreInputs" >> ScoreInputs(
         handler, plan.identity, options.max_pixels, options.max_bytes, job_slides(config, plan)
     )
     errors = scored[ERRORS]
+    facts = summary.RunFacts(
+        inputs=list(config.inputs),
+        output=config.output,
+        base=plan.base,
+        model=plan.run_model,
+        formats=list(config.formats),
+        runner=runner,
+        launched_at=plan.launched_at,
+    )
+    lost = {
+        "matched": matched,
+        "results": scored["results"],
+        "errors": errors,
+    } | "Reconcile" >> summary.Reconcile(facts)
+    errors = (errors, lost) | "ErrorsAndLost" >> beam.Flatten()
     _ = scored["results"] | "WriteResults" >> WriteResults(
         config.output, config.formats, config.num_shards
     )
@@ -353,7 +363,11 @@ def add_scoring(
         _ = explained | "WriteOverlays" >> WriteOverlays(
             config.output, plan.base, plan.positive_class
         )
-    return {"results": scored["results"], ERRORS: errors}
+    return {"matched": matched, "results": scored["results"], ERRORS: errors}
+
+
+def _runner_name(pipeline: beam.Pipeline) -> str:
+    return pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
 
 
 def job_slides(config: ScoreConfig, plan: ScoringPlan) -> SlideJob | None:
@@ -385,46 +399,37 @@ def query_counters(result: PipelineResult) -> dict[str, int]:
     return counters
 
 
-def finish(
-    result: PipelineResult,
-    *,
-    config: ScoreConfig,
-    plan: ScoringPlan,
-    started: float,
-    runner: str,
-) -> Summary:
-    """Wait for the run, check completeness, write and log the summary.
+def finish(result: PipelineResult, *, config: ScoreConfig, plan: ScoringPlan) -> Summary:
+    """Wait for the run; complete the summary the pipeline wrote; log it.
+
+    Reads back one small document (never the rows): the pipeline counted them.
 
     Raises:
-        summary.IncompleteOutputError: when results + errors != matched files.
+        summary.IncompleteOutputError: when an input was lost, or rows were duplicated
+            or unexpected, or the pipeline wrote no summary.
     """
     result.wait_until_finish()
-    elapsed = time.monotonic() - started
-    completeness = summary.check_completeness(config.output, [m.uri for m in plan.matched])
-    document = summary.build_summary(
-        completeness,
-        plan.run_model,
-        inputs=config.inputs,
-        output=config.output,
-        base=plan.base,
-        formats=config.formats,
-        elapsed_s=elapsed,
-        counters=query_counters(result),
-        runner=runner,
-    )
+    elapsed = time.time() - plan.launched_at
+    written = summary.read_summary(config.output)
+    if written is None:
+        raise summary.IncompleteOutputError(
+            f"the pipeline wrote no {RunLayout(config.output).summary}: its reconciliation "
+            "step did not run"
+        )
+    document = summary.with_launcher_facts(written, elapsed, query_counters(result))
     uri = summary.write_summary(document)
-    line = summary.describe(completeness)
-    (logger.info if completeness.ok else logger.error)(line)
+    line = summary.describe(document)
+    (logger.info if document.complete else logger.error)(line)
     logger.info(
         "Scored %d, failed %d of %d files in %.1f s (%.1f images/s); summary at %s",
-        completeness.scored,
-        completeness.failed,
-        completeness.matched,
+        document.scored,
+        document.failed,
+        document.matched,
         elapsed,
         document.images_per_s or 0.0,
         uri,
     )
-    if not completeness.ok:
+    if not document.complete:
         raise summary.IncompleteOutputError(line)
     return document
 
@@ -460,13 +465,11 @@ def run(
         summary.IncompleteOutputError: when rows do not account for every input.
     """
     config, pipeline_args = parse_args(argv)
-    started = time.monotonic()
     pipeline = test_pipeline or beam.Pipeline(options=pipeline_options(pipeline_args))
     plan = start_scoring(config)
     add_scoring(pipeline, config, plan)
     result = pipeline.run()
-    runner = pipeline.options.view_as(StandardOptions).runner or "DirectRunner"
-    finish(result, config=config, plan=plan, started=started, runner=runner)
+    finish(result, config=config, plan=plan)
     return result
 
 

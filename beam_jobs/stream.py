@@ -23,15 +23,24 @@ version (metadata written last) every ``--model-poll-seconds`` and swaps it in
 without stopping; each row names the version that scored it (see
 :class:`RefreshingModelHandler` for why not RunInference's side-input refresh).
 
+The model, image-limit and batching flags are the batch jobs' own
+(``beam_jobs.score.add_model_flags`` into :class:`beam_jobs.config.ScoringOptions`),
+with a minimum batch of one image: ``--max-batch-seconds`` bounds the wait.
+
 Locally (``--max-idle-seconds``) the stream ends itself: the DirectRunner cannot
 be stopped from inside the graph, so the stages report when they last received
-a notification and how many rows they owe and have written, and the launcher
-cancels the run once it is quiet and owes nothing.
+a notification, how many they received and how many rows they owe and have
+written, and the launcher cancels the run once it is quiet, owes nothing and has
+received every notification the local notifier published (:class:`IdleRule`).
+It then writes ``<output>/stream-summary.json`` (:class:`histo_common.layout.StreamSummary`:
+notifications, results, errors, rows per model version, rows per window).
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import json
 import logging
 import os
 import signal
@@ -39,8 +48,9 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
@@ -55,18 +65,14 @@ from apache_beam.transforms.deduplicate import DeduplicatePerKey
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_jobs import files, notifications
-from beam_jobs.config import DEFAULT_MAX_BATCH_SIZE, ConfigError
-from beam_jobs.model_handler import (
-    METRICS_NAMESPACE,
-    HistoModelHandler,
-)
-from beam_jobs.score import configure_logging
+from beam_jobs.config import ConfigError, ScoringOptions
+from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler
+from beam_jobs.score import add_model_flags, configure_logging, options_from_args, prepare_output
 from beam_jobs.stages import CheckedImage
 from beam_jobs.transforms import ERRORS, ReadImages, ScoreImages
 from histo_common import bucket_events, storage
-from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
-from histo_common.layout import RunLayout
-from histo_common.results import ErrorRow
+from histo_common.layout import RunLayout, StreamSummary, StreamWindow
+from histo_common.results import ErrorRow, utc_now
 from model_export.identity import ModelIdentity, ModelLoadError, resolve, resolve_version
 from model_export.scoring import score_batch
 
@@ -76,6 +82,9 @@ LOCAL_RUNNER = "BundleBasedDirectRunner"  # runs ReadFromPubSub; needs no downlo
 DEFAULT_WINDOW_S = 10
 DEFAULT_MODEL_POLL_S = 60.0
 DEFAULT_MAX_BATCH_S = 1.0
+DEFAULT_MIN_BATCH = (
+    1  # a trickle of uploads never waits for a batch to fill (see --max-batch-seconds)
+)
 DEFAULT_DEDUPE_S = 3600
 DEFAULT_PROJECT = "histoscreen-local"
 DEFAULT_TOPIC = "histoscreen-uploads"  # infra: <prefix>-uploads
@@ -88,10 +97,17 @@ TICK_ATTRIBUTE = "histoscreenTick"
 
 @dataclass(frozen=True)
 class StreamConfig:
-    """The streaming job's options, validated."""
+    """The streaming job's options, validated.
+
+    ``options`` are the batch jobs' model, image-limit and batching options
+    (:class:`beam_jobs.config.ScoringOptions`, from the same flags); the stream
+    needs ``--model`` (it follows the root's new versions itself), so
+    ``--model-endpoint`` is refused, and ``--overwrite`` clears earlier rows
+    under ``--output`` at start (without it a stream adds to them).
+    """
 
     output: str
-    model: str
+    options: ScoringOptions = field(default_factory=ScoringOptions)
     subscription: str | None = None
     watch: str | None = None
     local_bucket_root: str | None = None
@@ -99,13 +115,18 @@ class StreamConfig:
     model_poll_s: float = DEFAULT_MODEL_POLL_S
     max_idle_s: float | None = None
     max_batch_s: float = DEFAULT_MAX_BATCH_S
-    max_batch_size: int = DEFAULT_MAX_BATCH_SIZE
     dedupe_s: int = DEFAULT_DEDUPE_S
-    max_pixels: int = DEFAULT_MAX_PIXELS
-    max_bytes: int = DEFAULT_MAX_BYTES
     project: str = DEFAULT_PROJECT
 
     def __post_init__(self) -> None:
+        if not self.options.model:
+            raise ConfigError(
+                "--model is required: a model root (new versions are followed) or a version"
+            )
+        if self.options.model_endpoint:
+            raise ConfigError(
+                "--model-endpoint is for the batch jobs; the stream scores with --model"
+            )
         if not self.subscription and not self.watch:
             raise ConfigError("pass --subscription (a real one) or --watch DIR (local default)")
         if self.subscription and self.watch:
@@ -118,13 +139,22 @@ class StreamConfig:
             ("--window-seconds", self.window_s),
             ("--model-poll-seconds", self.model_poll_s),
             ("--max-batch-seconds", self.max_batch_s),
-            ("--max-batch-size", self.max_batch_size),
             ("--dedupe-seconds", self.dedupe_s),
         ):
             if value <= 0:
                 raise ConfigError(f"{name} must be > 0, got {value}")
         if self.max_idle_s is not None and self.max_idle_s <= 0:
             raise ConfigError(f"--max-idle-seconds must be > 0, got {self.max_idle_s}")
+
+    @property
+    def model(self) -> str:
+        """The model root or version URI (``--model``)."""
+        return self.options.model or ""
+
+    @property
+    def source(self) -> str:
+        """Where notifications come from: the subscription, or the watched folder."""
+        return self.subscription or f"watch:{self.watch}"
 
     @property
     def refresh(self) -> bool:
@@ -158,6 +188,7 @@ class _ParseNotification(beam.DoFn):
         self.received.inc()
         if self.run_id is not None:
             _note(self.run_id, "last_seen", time.monotonic())
+            _note(self.run_id, "received")
         try:
             note = notifications.parse_notification(message.data or b"", message.attributes or {})
             uri = bucket_events.object_uri(note.bucket, note.name, self.local_root)
@@ -203,38 +234,66 @@ def ignore_reason(note: notifications.Notification, uri: str, output: str) -> st
 
 # The DirectRunner cannot be stopped from inside the graph, and a stream never
 # finishes by itself. With --max-idle-seconds the pipeline reports, per run, when
-# it last received a notification, how many rows it owes and how many it has
-# written; the launcher cancels the run once it is quiet and owes nothing.
+# it last received a notification, how many notifications it received, how many
+# rows it owes and has written (by window and model version, for the summary);
+# the launcher cancels the run once it is quiet, owes nothing and has received
+# every notification the local notifier published.
 _LOCK = threading.Lock()
-_PROGRESS: dict[str, dict[str, float]] = {}
+_PROGRESS: dict[str, dict[str, Any]] = {}
+
+
+def _fresh_progress() -> dict[str, Any]:
+    return {"owed": 0, "written": 0, "received": 0, "windows": {}, "versions": Counter()}
 
 
 def _note(run_id: str, key: str, amount: float = 1.0) -> None:
     with _LOCK:
-        progress = _PROGRESS.setdefault(run_id, {"owed": 0, "written": 0})
+        progress = _PROGRESS.setdefault(run_id, _fresh_progress())
         if key == "last_seen":
             progress[key] = amount
         else:
             progress[key] = progress.get(key, 0) + amount
 
 
-def progress(run_id: str) -> dict[str, float]:
+def _note_rows(run_id: str, kind: str, window: tuple[str, str], versions: Counter[str]) -> None:
+    with _LOCK:
+        progress = _PROGRESS.setdefault(run_id, _fresh_progress())
+        counts = progress["windows"].setdefault(window, {RESULTS_DIR: 0, ERRORS_DIR: 0})
+        counts[kind] += sum(versions.values())
+        if kind == RESULTS_DIR:
+            progress["versions"].update(versions)
+
+
+def progress(run_id: str) -> dict[str, Any]:
     """What a local run has received and written so far (a copy)."""
     with _LOCK:
-        return dict(_PROGRESS.get(run_id, {"owed": 0, "written": 0}))
+        return copy.deepcopy(_PROGRESS.get(run_id, _fresh_progress()))
+
+
+def window_of_file(file_name: str) -> tuple[str, str]:
+    """``(start, end)`` of the window a row file was written for (its name says it)."""
+    parts = file_name.split("-")
+    return parts[1], parts[2]
 
 
 class _CountWritten(beam.DoFn):
     """Count the rows of each window file once it is written (local runs only)."""
 
-    def __init__(self, run_id: str, folder: str) -> None:
+    def __init__(self, run_id: str, folder: str, kind: str) -> None:
         self.run_id = run_id
         self.folder = folder
+        self.kind = kind
 
     def process(self, written: Any) -> Iterator[str]:
         uri = files.join(self.folder, written.file_name)
-        lines = files.read_file(uri).decode("utf-8").splitlines()
-        _note(self.run_id, "written", sum(1 for line in lines if line.strip()))
+        lines = [line for line in files.read_file(uri).decode("utf-8").splitlines() if line]
+        if self.kind == RESULTS_DIR:
+            rows = (json.loads(line) for line in lines)
+            versions = Counter(f"{r['model_name']}/{r['model_version']}" for r in rows)
+        else:
+            versions = Counter({"": len(lines)})
+        _note_rows(self.run_id, self.kind, window_of_file(written.file_name), versions)
+        _note(self.run_id, "written", len(lines))
         _note(self.run_id, "last_seen", time.monotonic())
         yield uri
 
@@ -386,6 +445,55 @@ class WriteWindowedRows(beam.PTransform):
         )
 
 
+class NotificationsToObjects(beam.PTransform):
+    """Pub/Sub messages -> windowed ``MatchedFile`` (``objects``) and error rows (``errors``).
+
+    Parses each notification (ignoring what is not an image to score), drops
+    duplicates per object generation for ``dedupe_s`` and puts both outputs in
+    fixed windows of ``window_s`` (arrival time), fired when the watermark
+    passes a window's end and again for late data.
+
+    Args:
+        config: the stream's options (output, local bucket root, window, dedupe).
+        subscription: named in the error rows of messages that are no notifications.
+        run_id: set for local runs that end when idle (see :func:`progress`).
+    """
+
+    def __init__(self, config: StreamConfig, subscription: str, run_id: str | None = None) -> None:
+        super().__init__()
+        self.config = config
+        self.subscription = subscription
+        self.run_id = run_id
+
+    def expand(self, messages: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Parse, deduplicate and window; return ``objects`` and ``errors``."""
+        config = self.config
+        parsed = messages | "ParseNotifications" >> beam.ParDo(
+            _ParseNotification(
+                config.local_bucket_root, config.output, self.subscription, self.run_id
+            )
+        ).with_outputs(ERRORS, IGNORED, main="objects")
+        objects = (
+            parsed.objects
+            | "DropDuplicates" >> DeduplicatePerKey(event_time_duration=Duration(config.dedupe_s))
+            | "Objects" >> beam.Values()
+        )
+        return {
+            "objects": objects | "FixedWindows" >> fixed_windows(config.window_s),
+            ERRORS: parsed[ERRORS] | "WindowBadMessages" >> fixed_windows(config.window_s),
+        }
+
+
+def fixed_windows(window_s: int) -> beam.WindowInto:
+    """Fixed windows of ``window_s``, fired at the watermark and again for late rows."""
+    return beam.WindowInto(
+        window.FixedWindows(window_s),
+        trigger=trigger.AfterWatermark(late=trigger.AfterCount(1)),
+        accumulation_mode=trigger.AccumulationMode.DISCARDING,
+        allowed_lateness=Duration(window_s * 6),
+    )
+
+
 def add_streaming(
     pipeline: beam.Pipeline,
     config: StreamConfig,
@@ -403,52 +511,36 @@ def add_streaming(
         run_id: set for local runs that end when idle: the pipeline then reports
             its progress (see :func:`progress`).
     """
+    options = config.options
     handler = RefreshingModelHandler(
         config.model,
         poll_s=config.model_poll_s,
         refresh=config.refresh,
         max_batch_duration_s=config.max_batch_s,
         identity=identity,
-        min_batch_size=1,
-        max_batch_size=config.max_batch_size,
+        min_batch_size=options.min_batch_size,
+        max_batch_size=options.max_batch_size,
+        large_model=options.large_model,
     )
-    parsed = (
+    notes = (
         pipeline
         | "ReadNotifications"
         >> beam.io.ReadFromPubSub(subscription=subscription, with_attributes=True)
-        | "ParseNotifications"
-        >> beam.ParDo(
-            _ParseNotification(config.local_bucket_root, config.output, subscription, run_id)
-        ).with_outputs(ERRORS, IGNORED, main="objects")
+        | "Notifications" >> NotificationsToObjects(config, subscription, run_id)
     )
-    objects = (
-        parsed.objects
-        | "DropDuplicates" >> DeduplicatePerKey(event_time_duration=Duration(config.dedupe_s))
-        | "Objects" >> beam.Values()
-    )
-    bad_messages = parsed[ERRORS]
+    objects, bad_messages = notes["objects"], notes[ERRORS]
     if run_id is not None:
         objects = objects | "OweRows" >> beam.Map(_owe_one, run_id)
         bad_messages = bad_messages | "OweErrorRows" >> beam.Map(_owe_one, run_id)
-    windowing: dict[str, Any] = {  # keyword arguments of both WindowInto steps
-        "trigger": trigger.AfterWatermark(late=trigger.AfterCount(1)),
-        "accumulation_mode": trigger.AccumulationMode.DISCARDING,
-        "allowed_lateness": Duration(config.window_s * 6),
-    }
-    windowed = objects | "FixedWindows" >> beam.WindowInto(
-        window.FixedWindows(config.window_s), **windowing
-    )
-    read = windowed | "ReadImages" >> ReadImages(config.max_pixels, config.max_bytes)
+    read = objects | "ReadImages" >> ReadImages(options.max_pixels, options.max_bytes)
     scored = read["images"] | "ScoreImages" >> ScoreImages(handler)
-    notification_errors = bad_messages | "WindowBadMessages" >> beam.WindowInto(
-        window.FixedWindows(config.window_s), **windowing
-    )
-    errors = (notification_errors, read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+    errors = (bad_messages, read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
     for name, rows in (("Results", scored["results"]), ("Errors", errors)):
-        folder = files.join(config.output, RESULTS_DIR if name == "Results" else ERRORS_DIR)
+        kind = RESULTS_DIR if name == "Results" else ERRORS_DIR
+        folder = files.join(config.output, kind)
         written = rows | f"Write{name}" >> WriteWindowedRows(folder)
         if run_id is not None:
-            _ = written | f"Count{name}Written" >> beam.ParDo(_CountWritten(run_id, folder))
+            _ = written | f"Count{name}Written" >> beam.ParDo(_CountWritten(run_id, folder, kind))
     return {"results": scored["results"], ERRORS: errors}
 
 
@@ -464,7 +556,8 @@ def build_parser() -> argparse.ArgumentParser:
         "Unknown flags are Beam pipeline options (--runner, --project, ...).",
     )
     parser.add_argument("--output", required=True, help="output folder URI")
-    parser.add_argument("--model", required=True, help="model root (refreshed) or a version URI")
+    add_model_flags(parser)  # the batch jobs' model, image-limit and batching flags
+    parser.set_defaults(min_batch_size=DEFAULT_MIN_BATCH)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument(
         "--subscription", help="projects/P/subscriptions/S with the bucket's notifications"
@@ -493,16 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="longest an image waits for a batch to fill; default %(default)s",
     )
     parser.add_argument(
-        "--max-batch-size", type=int, default=DEFAULT_MAX_BATCH_SIZE, help="RunInference batching"
-    )
-    parser.add_argument(
         "--dedupe-seconds",
         type=int,
         default=DEFAULT_DEDUPE_S,
         help="how long an object generation is remembered to drop duplicates",
     )
-    parser.add_argument("--max-pixels", type=int, default=DEFAULT_MAX_PIXELS)
-    parser.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_BYTES)
     parser.add_argument(
         "--pubsub-project", default=DEFAULT_PROJECT, help="emulator project (local default)"
     )
@@ -518,7 +606,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[StreamConfig, list[str]]:
     output = args.output if "://" in args.output else os.path.abspath(args.output)
     config = StreamConfig(
         output=output,
-        model=args.model,
+        options=options_from_args(args),
         subscription=args.subscription,
         watch=args.watch,
         local_bucket_root=local_root,
@@ -526,10 +614,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[StreamConfig, list[str]]:
         model_poll_s=args.model_poll_seconds,
         max_idle_s=args.max_idle_seconds,
         max_batch_s=args.max_batch_seconds,
-        max_batch_size=args.max_batch_size,
         dedupe_s=args.dedupe_seconds,
-        max_pixels=args.max_pixels,
-        max_bytes=args.max_bytes,
         project=args.pubsub_project,
     )
     return config, pipeline_args
@@ -559,15 +644,79 @@ def build_pipeline(
     return pipeline
 
 
-def _quiet_and_done(
-    run_id: str, max_idle_s: float, started: float, busy: Callable[[], bool] | None
-) -> bool:
-    state = progress(run_id)
-    idle = time.monotonic() - state.get("last_seen", started)
-    if busy is not None and busy():  # the notifier has files still to announce
-        _note(run_id, "last_seen", time.monotonic())
-        return False
-    return idle >= max_idle_s and state["written"] >= state["owed"]
+@dataclass(frozen=True)
+class IdleRule:
+    """When a local run (``--max-idle-seconds``) may end.
+
+    Quiet for ``max_idle_s``, every row owed written, the notifier idle, and
+    every notification it published received by the pipeline: a message still
+    in the subscription (a runner slow to reconnect after the emulator came
+    back, say) is waited for, up to ``give_up_s`` of quiet; past that the run
+    ends and the summary counts what never arrived.
+    """
+
+    max_idle_s: float
+    busy: Callable[[], bool] | None = None  # the notifier has files still to announce
+    published: Callable[[], int] | None = None  # notifications the notifier published
+
+    @property
+    def give_up_s(self) -> float:
+        """Quiet seconds after which unreceived notifications are given up on.
+
+        Generous: on a loaded machine the local runner was seen to go more than a
+        minute without pulling; a real loss still ends the run, and is counted.
+        """
+        return max(10 * self.max_idle_s, self.max_idle_s + 300)
+
+    def done(self, run_id: str, started: float) -> bool:
+        """True once the run may end."""
+        if self.busy is not None and self.busy():
+            _note(run_id, "last_seen", time.monotonic())
+            return False
+        state = progress(run_id)
+        idle = time.monotonic() - state.get("last_seen", started)
+        if idle < self.max_idle_s or state["written"] < state["owed"]:
+            return False
+        missing = self.unreceived(state)
+        if missing and idle < self.give_up_s:
+            return False
+        if missing:
+            logger.error(
+                "%d published notifications never reached the pipeline in %.0f s: ending",
+                missing,
+                idle,
+            )
+        return True
+
+    def unreceived(self, state: dict[str, Any]) -> int:
+        """Notifications published locally that the pipeline has not received."""
+        if self.published is None:
+            return 0
+        return max(0, self.published() - int(state["received"]))
+
+
+def stream_summary(
+    config: StreamConfig, state: dict[str, Any], started_at: str, elapsed_s: float, unreceived: int
+) -> StreamSummary:
+    """What a bounded run scored, from the progress its stages reported."""
+    windows = [
+        StreamWindow(start, end, counts[RESULTS_DIR], counts[ERRORS_DIR])
+        for (start, end), counts in sorted(state["windows"].items())
+    ]
+    return StreamSummary(
+        output=config.output,
+        source=config.source,
+        model=config.model,
+        notifications=int(state["received"]),
+        results=sum(w.results for w in windows),
+        errors=sum(w.errors for w in windows),
+        model_versions=dict(sorted(state["versions"].items())),
+        windows=windows,
+        started_at=started_at,
+        finished_at=utc_now(),
+        elapsed_s=round(elapsed_s, 3),
+        unreceived=unreceived,
+    )
 
 
 def _run_pipeline(
@@ -575,13 +724,15 @@ def _run_pipeline(
     pipeline_args: Sequence[str],
     subscription: str,
     wake: Callable[[], Any] | None = None,
-    busy: Callable[[], bool] | None = None,
+    rule: IdleRule | None = None,
 ) -> PipelineResult:
     if config.max_idle_s is None:
         result = build_pipeline(config, pipeline_args, subscription).run()
         result.wait_until_finish()
         return result
+    rule = rule or IdleRule(config.max_idle_s)
     run_id = f"stream-{os.getpid()}-{time.monotonic_ns()}"
+    started_at = utc_now()
     result = build_pipeline(config, pipeline_args, subscription, run_id).run()
     started = time.monotonic()
     failure: list[BaseException] = []
@@ -595,7 +746,7 @@ def _run_pipeline(
     waiter = threading.Thread(target=_wait, name="stream-wait", daemon=True)
     waiter.start()
     try:
-        while waiter.is_alive() and not _quiet_and_done(run_id, config.max_idle_s, started, busy):
+        while waiter.is_alive() and not rule.done(run_id, started):
             time.sleep(0.2)
     finally:
         state = progress(run_id)
@@ -603,10 +754,20 @@ def _run_pipeline(
             _PROGRESS.pop(run_id, None)
     if failure:
         raise failure[0]
+    document = stream_summary(
+        config, state, started_at, time.monotonic() - started, rule.unreceived(state)
+    )
+    uri = RunLayout(config.output).stream_summary
+    files.write_text(uri, document.to_json(), mime_type="application/json")
     logger.info(
-        "No notification for %.0f s and all %d rows written: ending the stream",
+        "No notification for %.0f s and all %d rows written: ending the stream "
+        "(%d results, %d errors, versions %s; summary at %s)",
         config.max_idle_s,
         state["written"],
+        document.results,
+        document.errors,
+        document.model_versions,
+        uri,
     )
     if wake is not None:
         wake()  # the runner's pull blocks up to 30 s on an empty subscription
@@ -632,6 +793,8 @@ def run(
     """
     config, pipeline_args = parse_args(argv)
     resolve(config.model)  # a bad model fails before anything starts
+    if config.options.overwrite:
+        prepare_output(config.output, overwrite=True)
     if config.subscription:
         return _run_pipeline(config, pipeline_args, config.subscription)
     return _run_local(config, pipeline_args, on_ready)
@@ -687,7 +850,14 @@ def _run_local(
                     config,
                     pipeline_args,
                     subscription,
-                    wake=lambda: notifier.publisher.publish(b"", {TICK_ATTRIBUTE: "stop"}),
+                    wake=lambda: notifier.publisher.publish(
+                        b"", {TICK_ATTRIBUTE: "stop"}, counted=False
+                    ),
+                    rule=IdleRule(
+                        config.max_idle_s or 0.0,
+                        busy=notifier.busy,
+                        published=lambda: notifier.publisher.published,
+                    ),
                 )
             finally:
                 notifier.stop()

@@ -6,8 +6,9 @@
    finish). Both on the local runners, both with the same tiny model.
 2. Latency: after the burst, files appear one at a time; file written -> the row
    file holding its row written, median and p95.
-3. Hot swap: halfway through the trickle a new model version is published;
-   every file must have exactly one row, and versions must switch 1 -> 2 once.
+3. Hot swap: halfway through the trickle, once the first half's rows are
+   written, a new model version is published; every file must have exactly one
+   row, and versions must switch 1 -> 2 once.
 
     python bench/bench_stream.py [--burst 2000] [--trickle 40]
 """
@@ -32,8 +33,12 @@ sys.path.insert(0, str(REPO / "tests"))
 def _rows(output: Path) -> list[tuple[dict, float]]:
     rows = []
     for path in sorted((output / "results").glob("part-*.jsonl")):
-        written = path.stat().st_mtime
-        rows.extend((json.loads(line), written) for line in path.read_text().splitlines() if line)
+        try:
+            written = path.stat().st_mtime
+            text = path.read_text()
+        except FileNotFoundError:  # the work folder is being removed at the end
+            continue
+        rows.extend((json.loads(line), written) for line in text.splitlines() if line)
     return rows
 
 
@@ -90,6 +95,13 @@ def main() -> int:
             marks["burst_done"] = max(written for _, written in _rows(output))
             for i in range(args.trickle):
                 if i == args.trickle // 2:
+                    # Swap once the first half is written: on a loaded machine the stream
+                    # can lag the trickle, and every row would then carry version 2.
+                    deadline = time.monotonic() + 120
+                    while time.monotonic() < deadline and not set(trickle_names) <= {
+                        Path(row["uri"]).name for row, _ in _rows(output)
+                    }:
+                        time.sleep(0.25)
                     publish_version(models, models / "1", 2)
                     marks["swap"] = time.time()
                 name = f"trickle_{i:03d}.png"

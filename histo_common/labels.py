@@ -227,8 +227,14 @@ def require_some_label(
         count += 1
         if true_label(uri, class_names, labels) is not None:
             return
+    raise unlabelled_error(count, class_names, source)
+
+
+def unlabelled_error(count: int | None, class_names: Sequence[str], source: str) -> LabelsError:
+    """The error for images of which none has a label (``count`` of them, when known)."""
     folders = " and ".join(f"{name}/" for name in class_names)
-    raise LabelsError(
-        f"none of the {count} images in {source} has a label: put them under {folders} "
+    images = "images" if count is None else f"{count} images"
+    return LabelsError(
+        f"none of the {images} in {source} has a label: put them under {folders} "
         "folders or pass --labels with a CSV naming them (path,label[,patient_id])"
     )

@@ -16,7 +16,8 @@ here and nowhere else::
       tiles/part-*.jsonl            tile rows of large inputs (one JSON object per tile)
       heatmaps/<input path>.heatmap.png   reassembled heatmaps of large inputs
       gradcam/<input path>.gradcam.png    overlays; <input path> is relative to Summary.base
-      summary.json                  Summary
+      summary.json                  Summary (written by the pipeline, completed by the launcher)
+      stream-summary.json           StreamSummary (a bounded streaming run, at its end)
       metrics.json                  MetricsDocument (evaluation runs)
       plots/<plot>.png              evaluation plots (PLOT_FILES)
       report.html                   the evaluation report
@@ -59,6 +60,7 @@ PLOT_FILES = {
 
 SUMMARY_SCHEMA_VERSION = 1
 METRICS_SCHEMA_VERSION = 1
+STREAM_SUMMARY_SCHEMA_VERSION = 1
 
 
 class DocumentError(ValueError):
@@ -132,6 +134,7 @@ class RunLayout:
     ROWS_SUFFIX = ROW_FORMATS[READ_FORMAT]  # the one format readers read
     MANIFEST = "manifest.jsonl"
     SUMMARY = "summary.json"
+    STREAM_SUMMARY = "stream-summary.json"
     METRICS = "metrics.json"
     REPORT = "report.html"
 
@@ -200,6 +203,11 @@ class RunLayout:
         return self._under(self.SUMMARY)
 
     @property
+    def stream_summary(self) -> str:
+        """``stream-summary.json`` (a :class:`StreamSummary`)."""
+        return self._under(self.STREAM_SUMMARY)
+
+    @property
     def metrics(self) -> str:
         """``metrics.json`` (a :class:`MetricsDocument`)."""
         return self._under(self.METRICS)
@@ -233,6 +241,7 @@ class RunLayout:
             self._under(self.PLOTS, "*"),
             self.manifest,
             self.summary,
+            self.stream_summary,
             self.metrics,
             self.report,
         ]
@@ -325,7 +334,11 @@ class Summary(_JsonDocument):
     """``summary.json``: what a scoring run matched, wrote, and with which model.
 
     ``base`` is the folder every input sits under; overlay and heatmap paths are
-    the inputs' paths relative to it (:meth:`RunLayout.gradcam`).
+    the inputs' paths relative to it (:meth:`RunLayout.gradcam`). ``failed`` counts
+    every error row; ``lost`` how many of them the pipeline's reconciliation wrote
+    for matched inputs no stage had a row for (``missing`` lists them). ``lost`` was
+    added within schema version 1 as an optional field: summaries written before
+    it read back with 0, and older readers ignore it.
     """
 
     inputs: list[str]
@@ -336,6 +349,7 @@ class Summary(_JsonDocument):
     scored: int
     failed: int
     complete: bool
+    lost: int = 0
     formats: list[str] = field(default_factory=lambda: ["jsonl"])
     missing: list[str] = field(default_factory=list)
     duplicated: list[str] = field(default_factory=list)
@@ -361,6 +375,53 @@ class Summary(_JsonDocument):
             raise DocumentError(f"{source} lacks model")
         values = dict(data, model=_build(RunModel, model, f"{source} model"))
         return _build(cls, values, source)
+
+
+@dataclass(frozen=True)
+class StreamWindow:
+    """One output window of a stream: its bounds (UTC) and the rows written for it."""
+
+    start: str
+    end: str
+    results: int = 0
+    errors: int = 0
+
+
+@dataclass(frozen=True)
+class StreamSummary(_JsonDocument):
+    """``stream-summary.json``: what a bounded streaming run scored, written at its end.
+
+    ``notifications`` counts the messages the pipeline received (duplicates and
+    ignored ones included); ``model_versions`` maps ``name/version`` to the rows
+    it scored; ``unreceived`` counts notifications published locally that never
+    reached the pipeline (0 unless something was lost).
+    """
+
+    output: str
+    source: str  # the subscription, or the watched folder of a local run
+    model: str  # the model root (followed) or version URI
+    notifications: int
+    results: int
+    errors: int
+    model_versions: dict[str, int]
+    windows: list[StreamWindow]
+    started_at: str
+    finished_at: str
+    elapsed_s: float
+    unreceived: int = 0
+    disclaimer: str = DISCLAIMER
+    schema_version: int = STREAM_SUMMARY_SCHEMA_VERSION
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "stream-summary.json") -> StreamSummary:
+        """Read a stream summary back.
+
+        Raises:
+            DocumentError: when it is not a stream summary this version can read.
+        """
+        data = _check_version(data, "stream-summary.json", STREAM_SUMMARY_SCHEMA_VERSION, source)
+        windows = [_build(StreamWindow, w, f"{source} window") for w in data.get("windows") or []]
+        return _build(cls, dict(data, windows=windows), source)
 
 
 @dataclass(frozen=True)

@@ -94,24 +94,22 @@ def test_common_base() -> None:
     assert files.common_base([]) == ""
 
 
-def test_reconcile_finds_missing_duplicated_unexpected() -> None:
-    ok = summary.reconcile(["a", "b", "c"], ["a", "b"], ["c"])
-    assert ok.ok and (ok.scored, ok.failed, ok.matched) == (2, 1, 3)
-    bad = summary.reconcile(["a", "b", "c"], ["a", "a"], ["z"])
-    assert not bad.ok
-    assert bad.missing == ["b", "c"] and bad.duplicated == ["a"] and bad.unexpected == ["z"]
-    assert "MISMATCH" in summary.describe(bad)
+def test_input_base_is_the_folder_before_the_first_glob(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    assert files.input_base(["gs://b/slides/**.png", "gs://b/slides/odd/*.tif"]) == "gs://b/slides"
+    assert files.input_base(["gs://b/d/a.png"]) == "gs://b/d"
+    assert files.input_base(["gs://b/d/case*/x.png", "gs://b/e/*"]) == "gs://b"
+    monkeypatch.chdir(tmp_path)
+    assert files.input_base(["data/**.png"]) == str(tmp_path / "data")
 
 
-def test_match_inputs_deduplicates_across_patterns(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_inputs_needs_one_match_and_says_which_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
     (tmp_path / "d").mkdir()
-    for name in ("a.png", "b.png", "c.jpg"):
-        (tmp_path / "d" / name).write_bytes(b"x" * 3)
-    matched = files.match_inputs([f"{tmp_path}/d/*.png", f"{tmp_path}/**", f"{tmp_path}/none/*"])
-    assert [m.uri for m in matched] == [
-        str(tmp_path / "d" / n) for n in ("a.png", "b.png", "c.jpg")
-    ]
-    assert all(m.size == 3 for m in matched)
+    for name in ("a.png", "b.png"):
+        (tmp_path / "d" / name).write_bytes(b"x")
+    patterns = [f"{tmp_path}/d/*.png", f"{tmp_path}/none/*"]
+    assert files.check_inputs(patterns) == patterns  # one pattern matching nothing is logged
+    with pytest.raises(files.InputError, match=r"no files match --input .*/none/\*"):
+        files.check_inputs([f"{tmp_path}/none/*", f"{tmp_path}/d/*.jpg"])
 
 
 def test_configs_refuse_bad_flags() -> None:
@@ -174,7 +172,7 @@ def test_evaluate_flags_build_gate_limits_by_one_rule() -> None:
 
 def test_summary_round_trips_through_json() -> None:
     doc = summary.build_summary(
-        summary.reconcile(["/d/a.png"], ["/d/a.png"], []),
+        summary.Completeness(matched=1, scored=1, failed=0),
         RunModel(name="histo-cnn", version=3, version_uri="/m/histo-cnn/3"),
         inputs=["/d/*.png"],
         output="/o",
@@ -188,6 +186,10 @@ def test_summary_round_trips_through_json() -> None:
     assert again == doc
     assert again.complete is True and again.images_per_s == 0.5 and again.base == "/d"
     assert again.model.version_uri == "/m/histo-cnn/3" and again.model.endpoint is None
+    # A summary written before ``lost`` existed (same schema version) reads with none lost.
+    older = json.loads(doc.to_json())
+    del older["lost"]
+    assert Summary.from_dict(older).lost == 0
 
 
 def test_beam_flags_pass_through_to_pipeline_options() -> None:

@@ -14,6 +14,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import BeamAssertException, assert_that, equal_to
 
 from beam_jobs import files, stages
+from beam_jobs.matching import MatchInputs
 from beam_jobs.model_handler import HistoModelHandler, ServingModelHandler
 from beam_jobs.transforms import ERRORS, EXPLAINED, ReadImages, ScoreImages
 from model_export.identity import ModelIdentity, resolve_model
@@ -27,8 +28,7 @@ def _name(uri: str) -> str:
 
 
 def test_read_images_splits_the_corpus(bad_corpus) -> None:  # type: ignore[no-untyped-def]
-    matched = files.match_inputs([f"{bad_corpus.root}/*", bad_corpus.uri("folder.png")])
-    assert len(matched) == len(bad_corpus.expected)
+    patterns = [f"{bad_corpus.root}/*", bad_corpus.uri("folder.png")]
     scored = sorted(n for n, e in bad_corpus.expected.items() if e == "scored")
     errors = {
         "empty.png": "check",
@@ -38,7 +38,7 @@ def test_read_images_splits_the_corpus(bad_corpus) -> None:  # type: ignore[no-u
         "folder.png": "read",
     }
     with BeamTestPipeline(runner=RUNNER) as p:
-        out = p | beam.Create(matched) | ReadImages()
+        out = p | MatchInputs(patterns) | ReadImages()
         assert_that(
             out["images"] | "ImageNames" >> beam.Map(lambda im: _name(im.uri)),
             equal_to(scored),

@@ -20,9 +20,10 @@ from model_fixtures import publish_version
 from support import run_local_stream, wait_for
 
 from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
-from beam_jobs.config import ConfigError
+from beam_jobs.config import ConfigError, ScoringOptions
 from histo_common import storage
 from histo_common.bucket_events import watched_bucket
+from histo_common.layout import StreamSummary
 
 # ------------------------------------------------------------------ unit tests
 
@@ -97,14 +98,158 @@ def test_window_file_names_carry_the_window_and_never_repeat():
 
 
 def test_config_needs_one_source_and_positive_numbers(tiny_model):
+    root = ScoringOptions(model=tiny_model.root_uri)
     with pytest.raises(ConfigError, match="--subscription"):
-        stream.StreamConfig(output="out", model=tiny_model.root_uri)
+        stream.StreamConfig(output="out", options=root)
     with pytest.raises(ConfigError, match="--window-seconds"):
-        stream.StreamConfig(output="out", model=tiny_model.root_uri, watch="w", window_s=0)
+        stream.StreamConfig(output="out", options=root, watch="w", window_s=0)
     with pytest.raises(ConfigError, match="projects/P/subscriptions/S"):
-        stream.StreamConfig(output="out", model=tiny_model.root_uri, subscription="s")
-    assert stream.StreamConfig(output="o", model=tiny_model.root_uri, watch="w").refresh
-    assert not stream.StreamConfig(output="o", model=tiny_model.version_uri, watch="w").refresh
+        stream.StreamConfig(output="out", options=root, subscription="s")
+    with pytest.raises(ConfigError, match="--model is required"):
+        stream.StreamConfig(output="out", watch="w")
+    with pytest.raises(ConfigError, match="--model-endpoint is for the batch jobs"):
+        stream.StreamConfig(
+            output="o", options=ScoringOptions(model="m", model_endpoint="h:1"), watch="w"
+        )
+    assert stream.StreamConfig(output="o", options=root, watch="w").refresh
+    version = ScoringOptions(model=tiny_model.version_uri)
+    assert not stream.StreamConfig(output="o", options=version, watch="w").refresh
+
+
+def test_stream_flags_are_the_batch_jobs_model_flags(tiny_model):
+    config, beam_args = stream.parse_args(
+        [
+            "--watch",
+            "w",
+            "--output",
+            "o",
+            "--model",
+            tiny_model.root_uri,
+            "--max-pixels",
+            "99",
+            "--max-batch-size",
+            "8",
+            "--large-model",
+            "--runner",
+            "DirectRunner",
+        ]
+    )
+    assert config.options == ScoringOptions(
+        model=tiny_model.root_uri,
+        max_pixels=99,
+        min_batch_size=1,
+        max_batch_size=8,
+        large_model=True,
+    )
+    assert beam_args == ["--runner", "DirectRunner"]
+    with pytest.raises(ConfigError, match="--min-batch-size"):
+        stream.parse_args(
+            [
+                "--watch",
+                "w",
+                "--output",
+                "o",
+                "--model",
+                "m",
+                "--min-batch-size",
+                "9",
+                "--max-batch-size",
+                "8",
+            ]
+        )
+
+
+def test_notifications_are_deduplicated_and_windowed_on_a_test_stream(tmp_path: Path):
+    """The streaming part before reading: parse, drop duplicates, fixed windows (no emulator)."""
+    import apache_beam as beam
+    from apache_beam.io.gcp.pubsub import PubsubMessage
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing.test_pipeline import TestPipeline
+    from apache_beam.testing.test_stream import TestStream
+    from apache_beam.testing.util import assert_that, equal_to
+    from apache_beam.transforms.window import IntervalWindow
+
+    window_s = 7
+    config = stream.StreamConfig(
+        output=str(tmp_path / "uploads" / "out"),
+        options=ScoringOptions(model="m"),
+        watch=str(tmp_path / "uploads"),
+        local_bucket_root=str(tmp_path),
+        window_s=window_s,
+    )
+
+    def note(name: str, generation: int, event: str = "OBJECT_FINALIZE") -> PubsubMessage:
+        attributes = {
+            "bucketId": "uploads",
+            "objectId": name,
+            "eventType": event,
+            "objectGeneration": str(generation),
+        }
+        return PubsubMessage(b"", attributes, message_id=f"{name}#{generation}")
+
+    burst = [
+        note("a.png", 1),
+        note("b.png", 1),
+        note("a.png", 1),  # Pub/Sub delivers at least once
+        note("notes.txt", 1),  # not an image
+        note("a.png", 1, "OBJECT_DELETE"),  # not a new object
+        note("out/results/x.png", 1),  # the job's own output
+        PubsubMessage(b"junk", {"origin": "somebody else"}, message_id="junk"),
+    ]
+    later = [note("a.png", 1), note("b.png", 1), note("a.png", 2)]  # again, and a new generation
+    events = (
+        TestStream()
+        .add_elements(burst)
+        .advance_processing_time(30)
+        .add_elements(later)
+        .advance_watermark_to_infinity()
+    )
+
+    def in_fixed_windows(values: list) -> None:
+        for value in values:
+            (win,) = value.windows
+            assert isinstance(win, IntervalWindow), win
+            assert win.end - win.start == window_s and win.start <= value.timestamp < win.end
+            assert int(win.start) % window_s == 0  # fixed windows, aligned on the epoch
+
+    uploads = tmp_path / "uploads"
+    options = PipelineOptions(streaming=True, runner="BundleBasedDirectRunner")
+    with TestPipeline(options=options) as p:
+        notes = p | events | stream.NotificationsToObjects(config, "projects/p/subscriptions/s")
+        uris = notes["objects"] | "Uris" >> beam.Map(lambda m: m.uri)
+        assert_that(
+            uris,
+            equal_to([str(uploads / "a.png"), str(uploads / "a.png"), str(uploads / "b.png")]),
+            label="OncePerGeneration",
+        )
+        assert_that(uris, in_fixed_windows, reify_windows=True, label="InFixedWindows")
+        assert_that(
+            notes["errors"] | "Stages" >> beam.Map(lambda e: (e.uri, e.stage)),
+            equal_to([("pubsub:projects/p/subscriptions/s/junk", "notification")]),
+            label="JunkIsAnErrorRow",
+        )
+
+
+def test_a_local_stream_ends_only_once_every_published_notification_arrived():
+    run_id = f"unit-{time.monotonic_ns()}"
+    published = 3
+    rule = stream.IdleRule(1.0, published=lambda: published)
+    stream._note(run_id, "received", 2)
+    stream._note(run_id, "last_seen", time.monotonic() - 5)  # quiet for longer than 1 s
+    try:
+        assert not rule.done(run_id, time.monotonic())  # one is still in the subscription
+        stream._note(run_id, "owed")
+        stream._note(run_id, "received")
+        assert not rule.done(run_id, time.monotonic())  # received, but its row is owed
+        stream._note(run_id, "written")
+        assert rule.done(run_id, time.monotonic())
+        published = 4  # published, never received: given up on after a long quiet
+        assert not rule.done(run_id, time.monotonic())
+        stream._note(run_id, "last_seen", time.monotonic() - rule.give_up_s - 1)
+        assert rule.done(run_id, time.monotonic())
+        assert rule.unreceived(stream.progress(run_id)) == 1
+    finally:
+        stream._PROGRESS.pop(run_id, None)
 
 
 def test_missing_emulator_says_how_to_install_it(monkeypatch, tmp_path: Path):
@@ -199,6 +344,12 @@ def test_stream_scores_a_burst_once_each_and_follows_a_new_model_version(
     assert junk["stage"] == "notification" and "not a Cloud Storage notification" in junk["reason"]
     files_ = sorted(p.name for p in (output / "results").glob("part-*.jsonl"))
     assert files_ and all(name.startswith("part-2") and "-pane" in name for name in files_)
+    summary = StreamSummary.from_json((output / "stream-summary.json").read_text())
+    assert (summary.results, summary.errors, summary.unreceived) == (16, len(bad) + 1, 0)
+    assert summary.model_versions == {"histo-cnn/1": 12, "histo-cnn/2": 4}
+    assert summary.notifications >= 15 + 6 + 4  # burst, duplicates, not ours, later files
+    assert sum(w.results for w in summary.windows) == 16 and summary.source.startswith("watch:")
+    assert all(w.start < w.end for w in summary.windows)
 
 
 @pytest.mark.slow
@@ -226,13 +377,17 @@ def test_stream_loses_no_rows_when_the_emulator_restarts(
         tiny_model.version_uri,
         output,
         scenario,
-        idle_s=10,  # margin for a slow emulator restart on a loaded machine
+        # No margin for a slow restart: the stream ends only once every notification
+        # published has been received (or, after a long quiet, reports the loss).
+        idle_s=4,
     )
     assert not failures, failures
     assert sorted(r["uri"] for r in _rows(output, "results")) == sorted(
         str(uploads / p.name) for p in images
     )
     assert _rows(output, "errors") == []
+    summary = StreamSummary.from_json((output / "stream-summary.json").read_text())
+    assert (summary.results, summary.errors, summary.unreceived) == (8, 0, 0)
 
 
 # ------------------------------------------------------------- dataflow-check
