@@ -78,7 +78,7 @@ def main() -> int:
         idx = list(range(len(examples)))
         keras.utils.set_random_seed(0)
 
-        def fresh_model():  # type: ignore[no-untyped-def]
+        def fresh_model():
             model = build_model(config, 2)
             _compile(model, config.learning_rate, 2)
             return model

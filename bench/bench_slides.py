@@ -103,7 +103,7 @@ class _LoadTimes(logging.Handler):
             self.times.append(record.created)
 
 
-def child(mode: str, slide: str, model_root: str, workdir: str, predict_tiles: int) -> dict:  # type: ignore[type-arg]
+def child(mode: str, slide: str, model_root: str, workdir: str, predict_tiles: int) -> dict:
     """Run one measurement in this (child) process; return its figures."""
     from model_export.loader import load_model
     from model_export.slide_scoring import SlideSettings, score_input
@@ -163,7 +163,7 @@ def child(mode: str, slide: str, model_root: str, workdir: str, predict_tiles: i
     return {"tiles": len(regions), "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def measure(mode: str, slide: str, model: str, workdir: Path, predict_tiles: int) -> dict:  # type: ignore[type-arg]
+def measure(mode: str, slide: str, model: str, workdir: Path, predict_tiles: int) -> dict:
     """Run :func:`child` in a fresh process; return its figures."""
     out = workdir / f"{mode}-{Path(slide).stem}.json"
     cmd = [
@@ -216,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="bench-slides-") as tmp:
         work = Path(tmp)
         model, small, large = prepare(work, args.width, args.height)
-        runs: dict[str, dict] = {}  # type: ignore[type-arg]
+        runs: dict[str, dict] = {}
         for _ in range(args.repeats):  # alternating; the fastest of each is kept
             for size, slide in (("small", small), ("large", large)):
                 for mode in ("loop", "beam"):

@@ -42,7 +42,7 @@ TILE = 50
 BATCH = 256
 
 
-def prepare(workdir: Path, width: int, height: int):  # type: ignore[no-untyped-def]
+def prepare(workdir: Path, width: int, height: int):
     """Write the slide, export the untrained CNN, plan and mask the tiles."""
     from benchkit import export_untrained_cnn
 
@@ -65,7 +65,7 @@ def prepare(workdir: Path, width: int, height: int):  # type: ignore[no-untyped-
     return sample.uri, model, plan_kept
 
 
-def batches(n: int):  # type: ignore[no-untyped-def]
+def batches(n: int):
     """Slices of ``BATCH``."""
     return [slice(i, i + BATCH) for i in range(0, n, BATCH)]
 

@@ -286,7 +286,7 @@ def held_out_sets(rows: list[Row], spec: DatasetSpec) -> list[tuple[list[int], l
 # ----------------------------------------------------------------- one run
 
 
-def build_original_cnn(image_size: int):  # type: ignore[no-untyped-def]
+def build_original_cnn(image_size: int):
     """The original app's CNN (README): 3 x (Conv -> BN -> MaxPool -> Dropout), Flatten,
     Dense 256 -> 128 -> 1, L2 1e-3, dropout 0.5; as backbone + head for our exporter."""
     import keras

@@ -102,7 +102,7 @@ def idc_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path):  # type: ignore[no-untyped-def]
+def tiny_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path):
     """The session's tiny trained model, exported locally (a ``model_fixtures.TinyModel``)."""
     from model_fixtures import build_tiny_model
 
@@ -110,7 +110,7 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path):  # t
 
 
 @pytest.fixture(scope="session")
-def loaded_tiny_model(tiny_model):  # type: ignore[no-untyped-def]
+def loaded_tiny_model(tiny_model):
     """The tiny model loaded once with ``model_export.loader.load_model``."""
     from model_export.loader import load_model
 
@@ -118,7 +118,7 @@ def loaded_tiny_model(tiny_model):  # type: ignore[no-untyped-def]
 
 
 @pytest.fixture(scope="session")
-def tiny_model_gcs(gcs_emulator: Emulator, tiny_model) -> str:  # type: ignore[no-untyped-def]
+def tiny_model_gcs(gcs_emulator: Emulator, tiny_model) -> str:
     """The tiny model copied into an emulator bucket; returns its ``gs://`` model root."""
     from histo_common import storage
 
@@ -129,7 +129,7 @@ def tiny_model_gcs(gcs_emulator: Emulator, tiny_model) -> str:  # type: ignore[n
 
 
 @pytest.fixture
-def model_server(loaded_tiny_model) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def model_server(loaded_tiny_model) -> Iterator[str]:
     """The tiny model served over gRPC (Predict, GetModelStatus) on 127.0.0.1: ``host:port``."""
     from serving_fixtures import start_model_server
 

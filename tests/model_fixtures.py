@@ -30,7 +30,7 @@ class TinyModel:
     sample_dir: Path
 
 
-def export_binary(keras_model, models_root: Path, model_name: str, **fields):  # type: ignore[no-untyped-def]
+def export_binary(keras_model, models_root: Path, model_name: str, **fields):
     """Export a benign/malignant classifier at threshold 0.5 for a test; the ExportResult.
 
     ``fields`` override or add ``export_model`` arguments (``tta``, ``native_size``, ...).

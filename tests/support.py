@@ -104,7 +104,7 @@ CHROMIUM_ARGS = (
 )
 
 
-def launch_chromium(playwright):  # type: ignore[no-untyped-def]
+def launch_chromium(playwright):
     """Debian's Chromium through Playwright, or a pytest skip saying it is absent."""
     import os
 

@@ -43,7 +43,7 @@ def assert_clean(at: AppTest) -> None:
     assert DISCLAIMER in [w.value for w in at.warning]
 
 
-def texts(elements) -> list[str]:  # type: ignore[no-untyped-def]
+def texts(elements) -> list[str]:
     return [e.value for e in elements]
 
 

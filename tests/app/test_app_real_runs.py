@@ -36,7 +36,7 @@ class RealRuns:
 
 
 @pytest.fixture(scope="module")
-def real_runs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model) -> RealRuns:  # type: ignore[no-untyped-def]
+def real_runs(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model) -> RealRuns:
     """Score 16 labelled images and one broken file, then evaluate the scores."""
     from beam_jobs import evaluate, score
 
@@ -121,7 +121,7 @@ def test_the_data_layer_reads_the_evaluation_as_written(real_runs: RealRuns) -> 
     assert report.report_uri == real_runs.evaluation.report
 
 
-def _open(page: str, real_runs: RealRuns, monkeypatch: pytest.MonkeyPatch, tiny_model) -> AppTest:  # type: ignore[no-untyped-def]
+def _open(page: str, real_runs: RealRuns, monkeypatch: pytest.MonkeyPatch, tiny_model) -> AppTest:
     monkeypatch.setenv("HISTO_MODEL_URI", tiny_model.root_uri)
     monkeypatch.setenv("HISTO_SAMPLES_URI", str(tiny_model.sample_dir))
     monkeypatch.setenv("HISTO_RESULTS_URI", str(real_runs.root))
@@ -135,7 +135,7 @@ def _open(page: str, real_runs: RealRuns, monkeypatch: pytest.MonkeyPatch, tiny_
 
 def test_the_scoring_runs_page_counts_agree_with_the_summary(
     real_runs: RealRuns, monkeypatch: pytest.MonkeyPatch, tiny_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     at = _open("Scoring runs", real_runs, monkeypatch, tiny_model)
 
     metrics = {m.label: m.value for m in at.metric}
@@ -161,7 +161,7 @@ def test_the_scoring_runs_page_counts_agree_with_the_summary(
 
 def test_the_evaluation_page_shows_the_written_metrics(
     real_runs: RealRuns, monkeypatch: pytest.MonkeyPatch, tiny_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     at = _open("Evaluation", real_runs, monkeypatch, tiny_model)
 
     written = MetricsDocument.from_json(storage.read_text(real_runs.evaluation.metrics))

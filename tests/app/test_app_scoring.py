@@ -83,7 +83,7 @@ class _FussyModel:
             training_scale=lambda: TrainingScale(48, 48),
         )
 
-    def run(self, signature: str, images):  # type: ignore[no-untyped-def]
+    def run(self, signature: str, images):
         self.calls.append(len(images))
         if self.failure is not None:
             raise self.failure

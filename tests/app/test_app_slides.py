@@ -24,7 +24,7 @@ from model_export.slide_scoring import SlideSettings, score_input
 APP_FILE = str(Path(__file__).resolve().parents[2] / "app" / "streamlit_app.py")
 
 
-def _open(page: str, monkeypatch: pytest.MonkeyPatch, tiny_model, results: Path) -> AppTest:  # type: ignore[no-untyped-def]
+def _open(page: str, monkeypatch: pytest.MonkeyPatch, tiny_model, results: Path) -> AppTest:
     monkeypatch.setenv("HISTO_MODEL_URI", tiny_model.root_uri)
     monkeypatch.setenv("HISTO_SAMPLES_URI", str(tiny_model.sample_dir))
     monkeypatch.setenv("HISTO_RESULTS_URI", str(results))
@@ -37,7 +37,7 @@ def _open(page: str, monkeypatch: pytest.MonkeyPatch, tiny_model, results: Path)
     return at
 
 
-def _table_with(at: AppTest, column: str, without: str = "-"):  # type: ignore[no-untyped-def]
+def _table_with(at: AppTest, column: str, without: str = "-"):
     """The one dataframe with ``column`` and not ``without`` (plain tables have no key here)."""
     [table] = [
         d.value for d in at.dataframe if column in d.value.columns and without not in d.value
@@ -51,7 +51,7 @@ def _captions(at: AppTest) -> list[str]:
 
 def test_an_uploaded_slide_shows_heatmap_fields_and_top_tiles(
     monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path, sample_dir: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     slide = Path(generate_slide(str(tmp_path / "case.tif"), 768, 576, seed=3, mpp=None).uri)
     patch = sorted((sample_dir / "benign").glob("*.png"))[0]
     at = _open("Analyse images", monkeypatch, tiny_model, tmp_path / "results")
@@ -84,7 +84,7 @@ def test_an_uploaded_slide_shows_heatmap_fields_and_top_tiles(
 
 def test_a_slide_file_that_cannot_be_read_is_a_clear_error(
     monkeypatch: pytest.MonkeyPatch, tiny_model, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     at = _open("Analyse images", monkeypatch, tiny_model, tmp_path / "results")
 
     at.file_uploader(key="uploads").set_value(
@@ -105,7 +105,7 @@ class SlideRun:
     tiles_scored: int
 
 
-def write_slide_run(root: Path, sample_dir: Path, model) -> SlideRun:  # type: ignore[no-untyped-def]
+def write_slide_run(root: Path, sample_dir: Path, model) -> SlideRun:
     """A scoring run of one slide and one patch, written by the shared scorer into the layout."""
     inputs = root / "inputs"
     inputs.mkdir(parents=True)
@@ -145,7 +145,7 @@ def write_slide_run(root: Path, sample_dir: Path, model) -> SlideRun:  # type: i
 
 def test_the_data_layer_reads_slides_heatmaps_and_tiles(
     tmp_path: Path, sample_dir: Path, loaded_tiny_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     written = write_slide_run(tmp_path, sample_dir, loaded_tiny_model)
 
     run = data.load_scoring_run(written.run.output)
@@ -167,7 +167,7 @@ def test_the_data_layer_reads_slides_heatmaps_and_tiles(
 @pytest.fixture(scope="module")
 def beam_slide_run(
     tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model
-) -> SlideRun:  # type: ignore[no-untyped-def]
+) -> SlideRun:
     """The real scoring job (DirectRunner) over one synthetic slide and one patch."""
     from beam_jobs import score
 
@@ -186,7 +186,7 @@ def beam_slide_run(
 
 def test_the_scoring_runs_page_shows_the_slides_of_a_beam_run(
     monkeypatch: pytest.MonkeyPatch, tiny_model, beam_slide_run: SlideRun
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     written = beam_slide_run
     results = Path(written.run.output).parent
     at = _open("Scoring runs", monkeypatch, tiny_model, results)

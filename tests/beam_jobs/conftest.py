@@ -118,7 +118,7 @@ class ScoredRun:
 @pytest.fixture(scope="session")
 def scored_run(
     tmp_path_factory: pytest.TempPathFactory, small_set: Path, bad_corpus: Corpus, tiny_model
-) -> ScoredRun:  # type: ignore[no-untyped-def]
+) -> ScoredRun:
     """Score the small set and the bad corpus with Grad-CAM for the top 3."""
     from beam_jobs import score
 
@@ -157,7 +157,7 @@ class EvaluatedRun:
 @pytest.fixture(scope="session")
 def evaluated_run(
     tmp_path_factory: pytest.TempPathFactory, small_set: Path, bad_corpus: Corpus, tiny_model
-) -> EvaluatedRun:  # type: ignore[no-untyped-def]
+) -> EvaluatedRun:
     """Evaluate 24 labelled images (6 patients, two labels flipped), one unlabelled image
     and one bad file; the gate (AUC >= 0) blesses the model copy."""
     from beam_jobs import evaluate

@@ -18,7 +18,7 @@ def _metrics(output: Path) -> dict:
     return json.loads((output / "metrics.json").read_text())
 
 
-def test_metrics_json_has_the_agreed_shape(evaluated_run) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_json_has_the_agreed_shape(evaluated_run) -> None:
     doc = _metrics(evaluated_run.output)
     assert set(doc) >= {
         "model",
@@ -54,7 +54,7 @@ def test_metrics_json_has_the_agreed_shape(evaluated_run) -> None:  # type: igno
         assert (evaluated_run.output / rel).read_bytes().startswith(b"\x89PNG"), rel
 
 
-def test_image_metrics_agree_with_sklearn_on_the_scored_rows(evaluated_run) -> None:  # type: ignore[no-untyped-def]
+def test_image_metrics_agree_with_sklearn_on_the_scored_rows(evaluated_run) -> None:
     doc = _metrics(evaluated_run.output)
     rows = list(files.read_json_lines(f"{evaluated_run.output}/results/*.jsonl"))
     by_name = {Path(r["uri"]).name: r for r in rows}
@@ -83,7 +83,7 @@ def test_image_metrics_agree_with_sklearn_on_the_scored_rows(evaluated_run) -> N
     assert brier == pytest.approx(skm.brier_score_loss(py, pp), abs=1e-6)
 
 
-def test_report_is_self_contained(evaluated_run) -> None:  # type: ignore[no-untyped-def]
+def test_report_is_self_contained(evaluated_run) -> None:
     html = (evaluated_run.output / "report.html").read_text()
     assert DISCLAIMER in html
     assert html.count('src="data:image/png;base64,') >= 5
@@ -92,7 +92,7 @@ def test_report_is_self_contained(evaluated_run) -> None:  # type: ignore[no-unt
     assert html.count('alt="Grad-CAM overlay of') >= 2  # the two flipped labels at least
 
 
-def test_gate_blesses_then_refuses_with_reasons(evaluated_run, tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_gate_blesses_then_refuses_with_reasons(evaluated_run, tmp_path) -> None:
     version = evaluated_run.model_version
     assert (version / "BLESSED").read_text().startswith("BLESSED: histo-cnn version 1")
     assert _metrics(evaluated_run.output)["blessing"]["blessed"] is True
@@ -125,7 +125,7 @@ def test_gate_blesses_then_refuses_with_reasons(evaluated_run, tmp_path) -> None
     assert doc["image_level"]["roc_auc"]["ci_low"] is None  # --bootstrap 0: no intervals
 
 
-def test_evaluate_needs_labels(tmp_path, tiny_model, bad_corpus, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_evaluate_needs_labels(tmp_path, tiny_model, bad_corpus, capsys) -> None:
     code = evaluate.main(
         [
             "--input",
@@ -143,7 +143,7 @@ def test_evaluate_needs_labels(tmp_path, tiny_model, bad_corpus, capsys) -> None
 @pytest.mark.slow
 def test_scoring_and_evaluation_through_the_gcs_emulator(
     gcs_bucket: str, tiny_model_gcs: str, small_set: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     for path in sorted(small_set.rglob("*.png"))[::2]:
         storage.write_bytes(
             storage.join(gcs_bucket, "data", path.parent.name, path.name), path.read_bytes()

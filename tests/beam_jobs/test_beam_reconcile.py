@@ -23,7 +23,7 @@ def _result(uri: str) -> ResultRow:
     return ResultRow.build(uri, prediction, model_name="m", model_version=1, width=2, height=2)
 
 
-def test_match_inputs_deduplicates_across_patterns(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_match_inputs_deduplicates_across_patterns(tmp_path: Path, monkeypatch) -> None:
     (tmp_path / "d").mkdir()
     for name, size in (("a.png", 3), ("b.png", 4), ("c.jpg", 5)):
         (tmp_path / "d" / name).write_bytes(b"x" * size)
@@ -72,7 +72,7 @@ def test_reconcile_writes_lost_rows_and_counts(tmp_path: Path) -> None:
 
 def test_a_file_deleted_between_match_and_read_is_an_error_row(
     tmp_path: Path, small_set: Path, tiny_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     images = tmp_path / "images"
     images.mkdir()
     for path in sorted(small_set.rglob("*.png"))[:4]:

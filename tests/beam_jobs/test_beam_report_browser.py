@@ -9,7 +9,7 @@ from histo_common import DISCLAIMER
 
 
 @pytest.mark.browser
-def test_report_opens_cleanly_in_chromium(evaluated_run) -> None:  # type: ignore[no-untyped-def]
+def test_report_opens_cleanly_in_chromium(evaluated_run) -> None:
     from playwright.sync_api import sync_playwright
 
     report = evaluated_run.output / "report.html"

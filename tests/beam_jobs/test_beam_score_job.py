@@ -18,7 +18,7 @@ def _rows(pattern: str) -> list[dict]:
     return list(files.read_json_lines(pattern))
 
 
-def test_results_plus_errors_equal_matched_files(scored_run) -> None:  # type: ignore[no-untyped-def]
+def test_results_plus_errors_equal_matched_files(scored_run) -> None:
     out = scored_run.output
     results = _rows(f"{out}/results/*.jsonl")
     errors = _rows(f"{out}/errors/*.jsonl")
@@ -49,7 +49,7 @@ def test_results_plus_errors_equal_matched_files(scored_run) -> None:  # type: i
     assert sorted(m["uri"] for m in manifest) == sorted(uris)
 
 
-def test_result_rows_carry_model_size_and_time(scored_run) -> None:  # type: ignore[no-untyped-def]
+def test_result_rows_carry_model_size_and_time(scored_run) -> None:
     results = _rows(f"{scored_run.output}/results/*.jsonl")
     for data in results:
         row = ResultRow.from_dict(data)
@@ -69,7 +69,7 @@ def test_result_rows_carry_model_size_and_time(scored_run) -> None:  # type: ign
     assert mean["malignant"] > mean["benign"]
 
 
-def test_csv_and_parquet_hold_the_same_rows(scored_run) -> None:  # type: ignore[no-untyped-def]
+def test_csv_and_parquet_hold_the_same_rows(scored_run) -> None:
     out = scored_run.output
     jsonl = {r["uri"]: r for r in _rows(f"{out}/results/*.jsonl")}
     csv_rows = []
@@ -86,7 +86,7 @@ def test_csv_and_parquet_hold_the_same_rows(scored_run) -> None:  # type: ignore
     }
 
 
-def test_gradcam_overlays_for_the_top_n(scored_run) -> None:  # type: ignore[no-untyped-def]
+def test_gradcam_overlays_for_the_top_n(scored_run) -> None:
     results = _rows(f"{scored_run.output}/results/*.jsonl")
     top = sorted(results, key=lambda r: r["probability"], reverse=True)[:3]
     overlays = sorted(Path(scored_run.output, "gradcam").rglob("*.gradcam.png"))
@@ -100,7 +100,7 @@ def test_gradcam_overlays_for_the_top_n(scored_run) -> None:  # type: ignore[no-
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in overlays)
 
 
-def test_rerun_into_the_same_output_needs_overwrite(scored_run, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_rerun_into_the_same_output_needs_overwrite(scored_run, tiny_model) -> None:
     code = score.main(
         [
             "--input",
@@ -114,7 +114,7 @@ def test_rerun_into_the_same_output_needs_overwrite(scored_run, tiny_model) -> N
     assert code == 2
 
 
-def test_user_errors_exit_2_with_one_sentence(tmp_path, tiny_model, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_user_errors_exit_2_with_one_sentence(tmp_path, tiny_model, capsys) -> None:
     code = score.main(
         ["--input", f"{tmp_path}/nothing/*.png", "--model", tiny_model.root_uri, "--output", "o"]
     )
@@ -131,7 +131,7 @@ def test_user_errors_exit_2_with_one_sentence(tmp_path, tiny_model, capsys) -> N
 @pytest.mark.slow
 def test_scoring_through_the_gcs_emulator(
     gcs_bucket: str, tiny_model_gcs: str, small_set: Path, bad_corpus
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     uploaded = []
     for path in sorted(small_set.rglob("*.png"))[::4]:
         uri = storage.join(gcs_bucket, "slides", path.parent.name, path.name)
@@ -175,7 +175,7 @@ def test_scoring_through_the_gcs_emulator(
 
 def test_scoring_through_tf_serving_without_a_model_uri(
     tmp_path: Path, model_server: str, small_set: Path, bad_corpus, loaded_tiny_model
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """--model-endpoint alone: the served name from the flag, its version asked of the server."""
     output = tmp_path / "served"
     score.run(
@@ -221,7 +221,7 @@ def test_scoring_through_tf_serving_without_a_model_uri(
 
 def test_an_unknown_serving_model_name_is_one_sentence(
     tmp_path: Path, model_server: str, small_set: Path, capsys
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     code = score.main(
         [
             "--input",

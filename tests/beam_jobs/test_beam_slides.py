@@ -29,7 +29,7 @@ BAD_SLIDES = {
 MAX_PIXELS = 600_000  # flat.tif (1000x800, no pyramid) is over it; pyramids are not held to it
 
 
-def _rows(pattern: str) -> list[dict]:  # type: ignore[type-arg]
+def _rows(pattern: str) -> list[dict]:
     from beam_jobs import files
 
     return [
@@ -65,7 +65,7 @@ class SlideRun:
 
 
 @pytest.fixture(scope="module")
-def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model) -> SlideRun:  # type: ignore[no-untyped-def]
+def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_model) -> SlideRun:
     from beam_jobs import score
 
     root = tmp_path_factory.mktemp("slide-inputs")
@@ -111,7 +111,7 @@ def test_every_input_is_one_row(slide_run: SlideRun) -> None:
     assert summary["matched"] == len(results) + len(errors)
 
 
-def test_patches_keep_todays_rows(slide_run: SlideRun, loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_patches_keep_todays_rows(slide_run: SlideRun, loaded_tiny_model) -> None:
     results = {r["uri"]: r for r in _rows(f"{slide_run.output}/results/*.jsonl")}
     for uri in slide_run.patches:
         row = results[uri]
@@ -123,7 +123,7 @@ def test_patches_keep_todays_rows(slide_run: SlideRun, loaded_tiny_model) -> Non
 @pytest.mark.parametrize("which", ["slide", "big_png"])
 def test_tiled_input_rows_tiles_and_heatmap(
     slide_run: SlideRun, loaded_tiny_model, which: str
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     uri = getattr(slide_run, which)
     row = ResultRow.from_dict(
         next(r for r in _rows(f"{slide_run.output}/results/*.jsonl") if r["uri"] == uri)
@@ -172,7 +172,7 @@ def test_slide_of_clean_glass_scores_no_tile(slide_run: SlideRun) -> None:
     assert not [t for t in _rows(f"{slide_run.output}/tiles/*.jsonl") if t["uri"] == uri]
 
 
-def test_patch_only_run_writes_no_tile_files(scored_run) -> None:  # type: ignore[no-untyped-def]
+def test_patch_only_run_writes_no_tile_files(scored_run) -> None:
     """A run without a tiled input has exactly today's outputs: no tiles/, no heatmaps/."""
     written = {
         p.relative_to(scored_run.output).parts[0]
@@ -184,7 +184,7 @@ def test_patch_only_run_writes_no_tile_files(scored_run) -> None:  # type: ignor
 
 def test_slide_tiles_scored_through_tf_serving(
     tmp_path: Path, model_server: str, tiny_model, slide_run: SlideRun
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """--model (for the training scale) with --model-endpoint: tiles go to TF Serving as PNG."""
     from beam_jobs import score
 

@@ -25,7 +25,7 @@ EXPECTED_REASONS = {
 }
 
 
-def test_check_image_sorts_the_corpus(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_check_image_sorts_the_corpus(bad_corpus) -> None:
     for name, expected in bad_corpus.expected.items():
         path = bad_corpus.root / name
         if path.is_dir():
@@ -41,7 +41,7 @@ def test_check_image_sorts_the_corpus(bad_corpus) -> None:  # type: ignore[no-un
             assert "\n" not in out.reason
 
 
-def test_tiff_is_transcoded_to_png(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_tiff_is_transcoded_to_png(bad_corpus) -> None:
     out = stages.check_image("x.tif", (bad_corpus.root / "scan.tif").read_bytes())
     assert isinstance(out, stages.CheckedImage)
     assert out.format == "TIFF"
@@ -94,7 +94,7 @@ def test_common_base() -> None:
     assert files.common_base([]) == ""
 
 
-def test_input_base_is_the_folder_before_the_first_glob(tmp_path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_input_base_is_the_folder_before_the_first_glob(tmp_path, monkeypatch) -> None:
     assert files.input_base(["gs://b/slides/**.png", "gs://b/slides/odd/*.tif"]) == "gs://b/slides"
     assert files.input_base(["gs://b/d/a.png"]) == "gs://b/d"
     assert files.input_base(["gs://b/d/case*/x.png", "gs://b/e/*"]) == "gs://b"
@@ -102,7 +102,7 @@ def test_input_base_is_the_folder_before_the_first_glob(tmp_path, monkeypatch) -
     assert files.input_base(["data/**.png"]) == str(tmp_path / "data")
 
 
-def test_check_inputs_needs_one_match_and_says_which_input(tmp_path) -> None:  # type: ignore[no-untyped-def]
+def test_check_inputs_needs_one_match_and_says_which_input(tmp_path) -> None:
     (tmp_path / "d").mkdir()
     for name in ("a.png", "b.png"):
         (tmp_path / "d" / name).write_bytes(b"x")

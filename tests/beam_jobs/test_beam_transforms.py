@@ -27,7 +27,7 @@ def _name(uri: str) -> str:
     return uri.rsplit("/", 1)[-1]
 
 
-def test_read_images_splits_the_corpus(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_read_images_splits_the_corpus(bad_corpus) -> None:
     patterns = [f"{bad_corpus.root}/*", bad_corpus.uri("folder.png")]
     scored = sorted(n for n, e in bad_corpus.expected.items() if e == "scored")
     errors = {
@@ -51,7 +51,7 @@ def test_read_images_splits_the_corpus(bad_corpus) -> None:  # type: ignore[no-u
         )
 
 
-def test_read_images_refuses_big_files_unread(bad_corpus) -> None:  # type: ignore[no-untyped-def]
+def test_read_images_refuses_big_files_unread(bad_corpus) -> None:
     matched = [files.MatchedFile(bad_corpus.uri("photo.jpg"), 10_000)]
     with BeamTestPipeline(runner=RUNNER) as p:
         out = p | beam.Create(matched) | ReadImages(max_bytes=1_000)
@@ -63,7 +63,7 @@ def test_read_images_refuses_big_files_unread(bad_corpus) -> None:  # type: igno
         )
 
 
-def _probabilities_close(expected: dict[str, float]):  # type: ignore[no-untyped-def]
+def _probabilities_close(expected: dict[str, float]):
     def check(actual: list[tuple[str, float, str, int]]) -> None:
         got = {uri: p for uri, p, _, _ in actual}
         if got.keys() != expected.keys():
@@ -79,7 +79,7 @@ def _probabilities_close(expected: dict[str, float]):  # type: ignore[no-untyped
 
 def test_score_images_matches_the_model_and_isolates_bad_bytes(
     tiny_model, loaded_tiny_model, small_set: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     paths = sorted(small_set.rglob("*.png"))[::3]
     images = [stages.check_image(str(p), p.read_bytes()) for p in paths]
     expected = {
@@ -108,7 +108,7 @@ def test_score_images_matches_the_model_and_isolates_bad_bytes(
         assert_that(out[EXPLAINED], equal_to([]), label="NoHeatmapsWithoutExplain")
 
 
-def test_score_images_with_explain_yields_heatmaps(tiny_model, small_set: Path) -> None:  # type: ignore[no-untyped-def]
+def test_score_images_with_explain_yields_heatmaps(tiny_model, small_set: Path) -> None:
     paths = sorted(small_set.rglob("*.png"))[:2]
     images = [stages.check_image(str(p), p.read_bytes()) for p in paths]
     identity = resolve_model(tiny_model.version_uri).identity
@@ -129,7 +129,7 @@ def test_score_images_with_explain_yields_heatmaps(tiny_model, small_set: Path) 
 
 
 @pytest.fixture
-def two_versions(tmp_path: Path, tiny_model) -> Path:  # type: ignore[no-untyped-def]
+def two_versions(tmp_path: Path, tiny_model) -> Path:
     """A model root holding the tiny model as versions 1 and 2."""
     root = tmp_path / "models" / "histo-cnn"
     shutil.copytree(tiny_model.version_uri, root / "1")
@@ -185,7 +185,7 @@ class _FakeServingClient:
             raise _InvalidArgument(str(exc)) from exc
 
 
-def test_serving_handler_scores_through_the_client(loaded_tiny_model, small_set: Path) -> None:  # type: ignore[no-untyped-def]
+def test_serving_handler_scores_through_the_client(loaded_tiny_model, small_set: Path) -> None:
     _FakeServingClient.model = loaded_tiny_model
     identity = ModelIdentity("histo-cnn", 1, "host:8500")
     handler = ServingModelHandler("host:8500", identity=identity, client_factory=_FakeServingClient)

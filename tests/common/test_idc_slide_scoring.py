@@ -23,7 +23,7 @@ PATIENT = "8863"
 IMAGE_SIZE = 48
 
 
-def _quick_model(idc_dir: Path, models_root: Path):  # type: ignore[no-untyped-def]
+def _quick_model(idc_dir: Path, models_root: Path):
     """A small CNN trained for a minute on patients other than ``PATIENT``."""
     import keras
     import tensorflow as tf
@@ -125,7 +125,7 @@ def test_tile_auc_close_to_patch_auc_on_a_real_patient(idc_dir: Path, tmp_path: 
     _same_through_beam(tmp_path, sample.uri, score)
 
 
-def _same_through_beam(tmp_path: Path, slide: str, score) -> None:  # type: ignore[no-untyped-def]
+def _same_through_beam(tmp_path: Path, slide: str, score) -> None:
     """The Beam job on the same slide: the same tiles, probabilities and verdict."""
     import json
 

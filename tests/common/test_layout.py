@@ -104,7 +104,7 @@ def _metrics() -> MetricsDocument:
 
 
 @pytest.mark.parametrize("make", [_summary, _metrics])
-def test_documents_round_trip_through_json(make) -> None:  # type: ignore[no-untyped-def]
+def test_documents_round_trip_through_json(make) -> None:
     document = make()
     again = type(document).from_json(document.to_json())
     assert again == document
@@ -112,7 +112,7 @@ def test_documents_round_trip_through_json(make) -> None:  # type: ignore[no-unt
 
 
 @pytest.mark.parametrize("make", [_summary, _metrics])
-def test_documents_of_a_newer_schema_are_refused_in_one_sentence(make) -> None:  # type: ignore[no-untyped-def]
+def test_documents_of_a_newer_schema_are_refused_in_one_sentence(make) -> None:
     data = json.loads(make().to_json())
     data["schema_version"] = 99
     with pytest.raises(DocumentError, match=r"^gs://b/x\.json is .* schema version 99, newer"):
@@ -123,7 +123,7 @@ def test_documents_of_a_newer_schema_are_refused_in_one_sentence(make) -> None: 
 
 
 @pytest.mark.parametrize("make", [_summary, _metrics])
-def test_unknown_keys_are_tolerated_missing_ones_refused(make) -> None:  # type: ignore[no-untyped-def]
+def test_unknown_keys_are_tolerated_missing_ones_refused(make) -> None:
     document = make()
     data = json.loads(document.to_json())
     data["added_by_a_later_minor_writer"] = {"x": 1}

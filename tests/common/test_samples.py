@@ -130,7 +130,7 @@ def test_synthetic_slide_is_deterministic_with_a_planted_lesion(tmp_path: Path) 
         assert slide.geometry.mpp == pytest.approx(0.5, rel=1e-3)
 
         # Malignant cells carry more haematoxylin (darker) than benign ones.
-        def darkness(p):  # type: ignore[no-untyped-def]
+        def darkness(p):
             return 255 - slide.read_region(p.x, p.y, 0, p.width, p.height).mean()
 
         benign = [p for p in a.patches if not p.malignant]

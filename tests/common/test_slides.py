@@ -171,7 +171,7 @@ def test_gcs_mrxs_brings_its_companion_folder(gcs_bucket: str, tmp_path: Path) -
 
 
 def _one_error(uri: str, **kwargs: object) -> str:
-    with pytest.raises(SlideError) as err, open_slide(uri, **kwargs) as slide:  # type: ignore[arg-type]
+    with pytest.raises(SlideError) as err, open_slide(uri, **kwargs) as slide:
         slide.thumbnail(64)
         slide.read_region(0, 0, 0, 32, 32)
     text = str(err.value)

@@ -83,7 +83,7 @@ def _tensorflow_stderr(args: list[str]) -> subprocess.CompletedProcess[str]:
 
 
 @pytest.mark.slow
-def test_entry_point_prints_no_tensorflow_noise(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_entry_point_prints_no_tensorflow_noise(tiny_model) -> None:
     bare = _tensorflow_stderr(["-c", "import tensorflow as tf; tf.constant(1.0) + 1"])
     if not any(marker in bare.stderr for marker in NOISE_MARKERS):
         pytest.skip("this TensorFlow writes no start-up noise to filter")

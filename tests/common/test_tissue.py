@@ -21,7 +21,7 @@ from histo_common.tissue import (
 def _coverage(sample: SlideSample, kept: set[tuple[int, int]], tile: int) -> tuple[float, float]:
     """Share of malignant and of benign patches whose centre lies in a kept tile."""
 
-    def covered(p) -> bool:  # type: ignore[no-untyped-def]
+    def covered(p) -> bool:
         cx, cy = p.x + p.width / 2, p.y + p.height / 2
         return (int(cx // tile) * tile, int(cy // tile) * tile) in kept
 
@@ -30,7 +30,7 @@ def _coverage(sample: SlideSample, kept: set[tuple[int, int]], tile: int) -> tup
     return float(np.mean(mal)), float(np.mean(ben))
 
 
-def _glass_kept(sample: SlideSample, kept: set[tuple[int, int]], n_tiles: int, tile: int):  # type: ignore[no-untyped-def]
+def _glass_kept(sample: SlideSample, kept: set[tuple[int, int]], n_tiles: int, tile: int):
     occupied = {
         (int((p.x + p.width / 2) // tile) * tile, int((p.y + p.height / 2) // tile) * tile)
         for p in sample.patches

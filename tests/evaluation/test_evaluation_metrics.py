@@ -22,7 +22,7 @@ def case(request: pytest.FixtureRequest) -> tuple[np.ndarray, np.ndarray]:
     return y, p
 
 
-def test_point_metrics_match_sklearn(case) -> None:  # type: ignore[no-untyped-def]
+def test_point_metrics_match_sklearn(case) -> None:
     y, p = case
     threshold = 0.45
     pred = (p >= threshold).astype(int)
@@ -35,14 +35,14 @@ def test_point_metrics_match_sklearn(case) -> None:  # type: ignore[no-untyped-d
     assert got["f1"] == pytest.approx(skm.f1_score(y, pred, zero_division=0))
 
 
-def test_score_metrics_match_sklearn(case) -> None:  # type: ignore[no-untyped-def]
+def test_score_metrics_match_sklearn(case) -> None:
     y, p = case
     assert metrics.roc_auc(y, p) == pytest.approx(skm.roc_auc_score(y, p))
     assert metrics.average_precision(y, p) == pytest.approx(skm.average_precision_score(y, p))
     assert metrics.brier_score(y, p) == pytest.approx(skm.brier_score_loss(y, p))
 
 
-def test_confusion_matrix_matches_sklearn(case) -> None:  # type: ignore[no-untyped-def]
+def test_confusion_matrix_matches_sklearn(case) -> None:
     y, p = case
     level = metrics.evaluate_level(y, p, 0.5, n_resamples=0)
     expected = skm.confusion_matrix(y, (p >= 0.5).astype(int), labels=[0, 1])
@@ -73,7 +73,7 @@ def test_expected_calibration_error_by_hand() -> None:
     assert perfect == pytest.approx(0.0)
 
 
-def test_calibration_bins_agree_with_sklearn(case) -> None:  # type: ignore[no-untyped-def]
+def test_calibration_bins_agree_with_sklearn(case) -> None:
     from sklearn.calibration import calibration_curve
 
     y, p = case
@@ -83,7 +83,7 @@ def test_calibration_bins_agree_with_sklearn(case) -> None:  # type: ignore[no-u
     assert [b["mean_probability"] for b in bins] == pytest.approx(prob_pred.tolist())
 
 
-def test_bootstrap_interval_brackets_the_value(case) -> None:  # type: ignore[no-untyped-def]
+def test_bootstrap_interval_brackets_the_value(case) -> None:
     y, p = case
     level = metrics.evaluate_level(y, p, 0.5, n_resamples=300, seed=1)
     for name in metrics.ALL_METRICS:
@@ -117,7 +117,7 @@ def test_aggregate_by_patient_uses_any_and_max() -> None:
     assert p.tolist() == pytest.approx([0.7, 0.4, 0.3])
 
 
-def test_prediction_distribution_counts(case) -> None:  # type: ignore[no-untyped-def]
+def test_prediction_distribution_counts(case) -> None:
     y, p = case
     dist = metrics.prediction_distribution(y, p, ("benign", "malignant"))
     assert sum(dist["benign"]["histogram"]) == int((y == 0).sum())

@@ -22,7 +22,7 @@ def _finalized_event(
     *,
     event_id: str | None = None,
     event_type: str = FINALIZED,
-):  # type: ignore[no-untyped-def]
+):
     """A CloudEvent as Cloud Storage sends it for a finalized object."""
     from cloudevents.http import CloudEvent
 
@@ -38,7 +38,7 @@ def _finalized_event(
     return CloudEvent(attributes, data)
 
 
-def _send(client, event, mode: str = "binary"):  # type: ignore[no-untyped-def]
+def _send(client, event, mode: str = "binary"):
     """POST a CloudEvent to a test client in binary or structured mode."""
     from cloudevents.conversion import to_binary, to_structured
 
@@ -90,7 +90,7 @@ def make_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., objec
     from functions import runtime
     from functions.logs import remove_logging
 
-    def make(model_uri: str, target: str = "on_upload", local_root: Path | None = None, **env):  # type: ignore[no-untyped-def]
+    def make(model_uri: str, target: str = "on_upload", local_root: Path | None = None, **env):
         monkeypatch.setenv("MODEL_URI", model_uri)
         if local_root is None:
             monkeypatch.delenv("LOCAL_BUCKET_ROOT", raising=False)
@@ -118,7 +118,7 @@ def make_client(monkeypatch: pytest.MonkeyPatch) -> Iterator[Callable[..., objec
 
 
 @pytest.fixture
-def function_server(gcs_emulator, tiny_model_gcs, tmp_path) -> Iterator[str]:  # type: ignore[no-untyped-def]
+def function_server(gcs_emulator, tiny_model_gcs, tmp_path) -> Iterator[str]:
     """``on_upload`` under a functions-framework subprocess, on the session's emulator."""
     import subprocess
 

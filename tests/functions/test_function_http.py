@@ -13,7 +13,7 @@ from histo_common import DISCLAIMER
 
 
 @pytest.fixture
-def http_client(make_client, tiny_model):  # type: ignore[no-untyped-def]
+def http_client(make_client, tiny_model):
     return make_client(tiny_model.root_uri, target="predict_http")
 
 

@@ -22,7 +22,7 @@ from histo_common import storage
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _post(url: str, event) -> requests.Response:  # type: ignore[no-untyped-def]
+def _post(url: str, event) -> requests.Response:
     from cloudevents.conversion import to_binary
 
     headers, body = to_binary(event)
@@ -55,7 +55,7 @@ def test_server_end_to_end_with_emulator(
 
 
 @pytest.fixture
-def doomed_emulator(monkeypatch) -> Iterator[object]:  # type: ignore[no-untyped-def]
+def doomed_emulator(monkeypatch) -> Iterator[object]:
     """A second emulator of this test's own, which the test stops to cut storage off."""
     from gcp_storage_emulator.server import create_server
 

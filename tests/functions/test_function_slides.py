@@ -23,7 +23,7 @@ from histo_common.samples import SlideSample, encode_png, generate_slide, synth_
 REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _post(url: str, event) -> requests.Response:  # type: ignore[no-untyped-def]
+def _post(url: str, event) -> requests.Response:
     from cloudevents.conversion import to_binary
 
     headers, body = to_binary(event)
@@ -234,7 +234,7 @@ def test_watcher_scores_a_dropped_slide(tmp_path, tiny_model):
     assert heat.std() > 10  # a picture, not a blank
 
 
-def test_predict_http_tiles_a_large_upload(make_client, tiny_model):  # type: ignore[no-untyped-def]
+def test_predict_http_tiles_a_large_upload(make_client, tiny_model):
     import base64
 
     image, _ = synth_slide_image(400, 300, seed=4, islands=2, lesion=True)

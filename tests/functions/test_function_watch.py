@@ -17,13 +17,13 @@ class FakeDelivery(list):
         super().__init__()
         self.answers: list[bool] = []
 
-    def __call__(self, url: str, event) -> bool:  # type: ignore[no-untyped-def]
+    def __call__(self, url: str, event) -> bool:
         self.append(event)
         return self.answers.pop(0) if self.answers else True
 
 
 @pytest.fixture
-def deliveries(monkeypatch) -> FakeDelivery:  # type: ignore[no-untyped-def]
+def deliveries(monkeypatch) -> FakeDelivery:
     """Replace the HTTP delivery with a recorder."""
     fake = FakeDelivery()
     monkeypatch.setattr(watch, "deliver", fake)

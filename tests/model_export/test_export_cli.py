@@ -11,7 +11,7 @@ from model_export.__main__ import main
 from model_export.loader import load_model
 
 
-def test_export_checkpoint_as_new_version(tmp_path: Path, tiny_model, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_export_checkpoint_as_new_version(tmp_path: Path, tiny_model, capsys) -> None:
     checkpoint = f"{tiny_model.version_uri}/model.keras"
     out = tmp_path / "models"
     args = ["export", "--checkpoint", checkpoint, "--output", str(out), "--threshold", "0.3"]
@@ -32,7 +32,7 @@ def test_export_checkpoint_as_new_version(tmp_path: Path, tiny_model, capsys) ->
     assert shown["version"] == 1 and shown["threshold"] == 0.3
 
 
-def test_inspect_missing_model_is_one_line(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_inspect_missing_model_is_one_line(tmp_path: Path, capsys) -> None:
     assert main(["inspect", "--model", str(tmp_path / "none")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: no model versions found under") and "Traceback" not in err

@@ -28,12 +28,12 @@ def _encode(array: np.ndarray, fmt: str) -> bytes:
 
 
 @pytest.fixture(scope="module")
-def sample_bytes(tiny_model) -> list[bytes]:  # type: ignore[no-untyped-def]
+def sample_bytes(tiny_model) -> list[bytes]:
     paths = sorted(Path(tiny_model.sample_dir).rglob("*.png"))
     return [p.read_bytes() for p in paths[::4]]
 
 
-def test_signatures_equal_keras_in_inference_mode(loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_signatures_equal_keras_in_inference_mode(loaded_tiny_model, sample_bytes) -> None:
     import tensorflow as tf
 
     from model_export.preprocessing import decode_and_resize
@@ -51,7 +51,7 @@ def test_signatures_equal_keras_in_inference_mode(loaded_tiny_model, sample_byte
     assert list(served["label"]) == labels
 
 
-def test_signatures_are_deterministic(loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_signatures_are_deterministic(loaded_tiny_model, sample_bytes) -> None:
     first = loaded_tiny_model.run(contract.EXPLAIN_SIGNATURE, sample_bytes)
     for _ in range(3):
         again = loaded_tiny_model.run(contract.EXPLAIN_SIGNATURE, sample_bytes)
@@ -59,7 +59,7 @@ def test_signatures_are_deterministic(loaded_tiny_model, sample_bytes) -> None: 
         np.testing.assert_array_equal(again["heatmap"], first["heatmap"])
 
 
-def test_outputs_shapes_and_ranges(loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_outputs_shapes_and_ranges(loaded_tiny_model, sample_bytes) -> None:
     out = loaded_tiny_model.run(contract.EXPLAIN_SIGNATURE, sample_bytes)
     n, size = len(sample_bytes), loaded_tiny_model.metadata.image_size
     assert out["probability"].shape == (n,)
@@ -75,7 +75,7 @@ def test_outputs_shapes_and_ranges(loaded_tiny_model, sample_bytes) -> None:  # 
     assert heat.reshape(n, -1).max(axis=1).max() > 0.5  # not all empty
 
 
-def test_decodes_formats_and_colour_modes(loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_decodes_formats_and_colour_modes(loaded_tiny_model, sample_bytes) -> None:
     rgb = np.asarray(Image.open(io.BytesIO(sample_bytes[0])).convert("RGB"))
     gray = np.asarray(Image.fromarray(rgb).convert("L"))
     rgba = np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)])
@@ -93,7 +93,7 @@ def test_decodes_formats_and_colour_modes(loaded_tiny_model, sample_bytes) -> No
     assert 0.0 <= loaded_tiny_model.predict([_png(big)])[0].probability <= 1.0
 
 
-def test_metadata_describes_the_model(loaded_tiny_model, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_describes_the_model(loaded_tiny_model, tiny_model) -> None:
     meta = loaded_tiny_model.metadata
     assert meta.class_names == ["benign", "malignant"]
     assert meta.positive_class == "malignant"
@@ -108,7 +108,7 @@ def test_metadata_describes_the_model(loaded_tiny_model, tiny_model) -> None:  #
     assert on_disk["threshold"] == meta.threshold
 
 
-def test_latest_version_is_picked(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_latest_version_is_picked(tmp_path: Path, tiny_model) -> None:
     root = tmp_path / "histo-cnn"
     storage.copy_tree_to(tiny_model.version_uri, str(root / "1"))
     storage.copy_tree_to(tiny_model.version_uri, str(root / "3"))
@@ -121,7 +121,7 @@ def test_latest_version_is_picked(tmp_path: Path, tiny_model) -> None:  # type: 
     assert load_model(str(root / "1")).version == 1
 
 
-def test_latest_skips_versions_marked_not_blessed(tmp_path: Path, tiny_model, caplog) -> None:  # type: ignore[no-untyped-def]
+def test_latest_skips_versions_marked_not_blessed(tmp_path: Path, tiny_model, caplog) -> None:
     root = tmp_path / "histo-cnn"
     for version in (1, 2):
         storage.copy_tree_to(tiny_model.version_uri, str(root / str(version)))
@@ -137,7 +137,7 @@ def test_latest_skips_versions_marked_not_blessed(tmp_path: Path, tiny_model, ca
         load_model(str(root))
 
 
-def test_gcs_model_loads_and_agrees(tiny_model_gcs, loaded_tiny_model, sample_bytes) -> None:  # type: ignore[no-untyped-def]
+def test_gcs_model_loads_and_agrees(tiny_model_gcs, loaded_tiny_model, sample_bytes) -> None:
     remote = load_model(tiny_model_gcs)
     assert remote.uri.startswith("gs://")
     local = loaded_tiny_model.run(contract.PREDICT_SIGNATURE, sample_bytes)["probability"]
@@ -167,7 +167,7 @@ def test_version_without_metadata(tmp_path: Path) -> None:
         ('["a list"]', "JSON object"),
     ],
 )
-def test_bad_metadata(tmp_path: Path, tiny_model, content: str, message: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_metadata(tmp_path: Path, tiny_model, content: str, message: str) -> None:
     target = tmp_path / "m" / "1"
     storage.copy_tree_to(tiny_model.version_uri, str(target))
     (target / "metadata.json").write_text(content)
@@ -175,7 +175,7 @@ def test_bad_metadata(tmp_path: Path, tiny_model, content: str, message: str) ->
         load_model(str(target))
 
 
-def test_metadata_with_bad_values(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_with_bad_values(tmp_path: Path, tiny_model) -> None:
     target = tmp_path / "m" / "1"
     storage.copy_tree_to(tiny_model.version_uri, str(target))
     meta = json.loads((target / "metadata.json").read_text())
@@ -185,12 +185,12 @@ def test_metadata_with_bad_values(tmp_path: Path, tiny_model) -> None:  # type: 
         load_model(str(target))
 
 
-def test_savedmodel_without_explain_signature(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_savedmodel_without_explain_signature(tmp_path: Path, tiny_model) -> None:
     import tensorflow as tf
 
     class OnlyServe(tf.Module):
         @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="image_bytes")])
-        def serve(self, image_bytes):  # type: ignore[no-untyped-def]
+        def serve(self, image_bytes):
             n = tf.shape(image_bytes)[0]
             return {
                 "probability": tf.zeros([n]),
@@ -208,7 +208,7 @@ def test_savedmodel_without_explain_signature(tmp_path: Path, tiny_model) -> Non
         load_model(str(target))
 
 
-def test_corrupt_savedmodel(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_corrupt_savedmodel(tmp_path: Path, tiny_model) -> None:
     target = tmp_path / "m" / "1"
     storage.copy_tree_to(tiny_model.version_uri, str(target))
     (target / "saved_model.pb").write_bytes(b"garbage")

@@ -17,7 +17,7 @@ SIZE = 48
 WEIGHTS = Path(__file__).resolve().parents[2].parent / "shared" / "weights"
 
 
-def _export(model, root: Path, architecture: str = "custom_cnn") -> str:  # type: ignore[no-untyped-def]
+def _export(model, root: Path, architecture: str = "custom_cnn") -> str:
     return export_binary(model, root, "m", architecture=architecture).uri
 
 
@@ -91,7 +91,7 @@ def test_mobilenet_v2_nested_base_exports_and_explains(tmp_path: Path) -> None:
     np.testing.assert_allclose(out["probability"], model.predict(x, verbose=0)[:, 0], atol=1e-5)
 
 
-def test_serving_client_round_trip(model_server, loaded_tiny_model, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_round_trip(model_server, loaded_tiny_model, tiny_model) -> None:
     from model_export.serving_client import ServingClient
 
     images = [p.read_bytes() for p in sorted(Path(tiny_model.sample_dir).rglob("*.png"))[::10]]
@@ -107,7 +107,7 @@ def test_serving_client_round_trip(model_server, loaded_tiny_model, tiny_model) 
         client.close()
 
 
-def test_serving_client_names_endpoint_on_error(model_server) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_names_endpoint_on_error(model_server) -> None:
     from model_export.serving_client import ServingClient, ServingError
 
     client = ServingClient(model_server, "no-such-model")
@@ -116,7 +116,7 @@ def test_serving_client_names_endpoint_on_error(model_server) -> None:  # type: 
     client.close()
 
 
-def test_serving_config_lists_model_roots(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_serving_config_lists_model_roots(tmp_path: Path, tiny_model) -> None:
     from model_export.__main__ import main
 
     out = tmp_path / "models.config"
@@ -140,7 +140,7 @@ def test_serving_config_lists_model_roots(tmp_path: Path, tiny_model) -> None:  
     assert "model_platform: 'tensorflow'" in text
 
 
-def test_serving_client_reports_bad_images_as_bad_input(model_server) -> None:  # type: ignore[no-untyped-def]
+def test_serving_client_reports_bad_images_as_bad_input(model_server) -> None:
     """A server refusing the images says INVALID_ARGUMENT, which callers isolate per image."""
     from model_export.scoring import is_input_error
     from model_export.serving_client import ServingClient, ServingError

@@ -21,7 +21,7 @@ from model_export.identity import (
 )
 
 
-def test_resolving_a_model_imports_no_tensorflow(tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_resolving_a_model_imports_no_tensorflow(tiny_model) -> None:
     code = (
         "import sys\n"
         "from model_export.identity import resolve_model\n"
@@ -38,7 +38,7 @@ def test_resolving_a_model_imports_no_tensorflow(tiny_model) -> None:  # type: i
     assert done.stdout.strip() == "[]"
 
 
-def test_resolve_pins_the_latest_or_the_named_version(tmp_path: Path, tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_resolve_pins_the_latest_or_the_named_version(tmp_path: Path, tiny_model) -> None:
     root = tmp_path / "histo-cnn"
     shutil.copytree(tiny_model.version_uri, root / "1")
     shutil.copytree(tiny_model.version_uri, root / "2")
@@ -60,7 +60,7 @@ def test_resolve_pins_the_latest_or_the_named_version(tmp_path: Path, tiny_model
         resolve(None, None)
 
 
-def test_served_identity_asks_tf_serving_for_the_version(model_server, loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_served_identity_asks_tf_serving_for_the_version(model_server, loaded_tiny_model) -> None:
     served = resolve(None, model_server)  # the contract's default name
     assert served.identity == ModelIdentity(
         contract.DEFAULT_MODEL_NAME, loaded_tiny_model.version, model_server

@@ -25,7 +25,7 @@ def _tiles(side: int, n: int = 6) -> np.ndarray:
 
 
 @pytest.mark.parametrize("side", [48, 50, 64])
-def test_pixel_signatures_equal_bytes_signatures(loaded_tiny_model, side: int) -> None:  # type: ignore[no-untyped-def]
+def test_pixel_signatures_equal_bytes_signatures(loaded_tiny_model, side: int) -> None:
     assert loaded_tiny_model.has_pixel_signatures
     tiles = _tiles(side)
     pngs = [encode_png(t) for t in tiles]
@@ -45,11 +45,11 @@ def test_pixel_signatures_equal_bytes_signatures(loaded_tiny_model, side: int) -
     assert [e.prediction for e in explained] == loaded_tiny_model.predict_pixels(tiles)
 
 
-def test_empty_pixel_batch(loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_empty_pixel_batch(loaded_tiny_model) -> None:
     assert loaded_tiny_model.predict_pixels(np.zeros((0, 48, 48, 3), np.uint8)) == []
 
 
-def test_metadata_records_the_training_scale(loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_metadata_records_the_training_scale(loaded_tiny_model) -> None:
     meta = loaded_tiny_model.metadata
     assert meta.native_size == [48, 48] and meta.mpp is None
     assert meta.training_scale() == TrainingScale(48, 48, None)
@@ -80,7 +80,7 @@ def test_scale_fields_are_validated() -> None:
 
 def test_model_without_pixel_signatures_falls_back_to_png(
     loaded_tiny_model, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     """A model exported before the pixel signatures (bytes only, no scale in its metadata)."""
     import tensorflow as tf
 

@@ -82,7 +82,7 @@ def test_nothing_to_score_calls_no_model() -> None:
     assert model.calls == []
 
 
-def test_a_corrupt_image_in_a_real_batch(loaded_tiny_model, sample_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_a_corrupt_image_in_a_real_batch(loaded_tiny_model, sample_dir: Path) -> None:
     paths = sorted(sample_dir.rglob("*.png"))
     good = [p.read_bytes() for p in [*paths[:3], *paths[-2:]]]  # benign and malignant
     images = [good[0], good[1], CORRUPT_PNG, *good[2:]]
@@ -107,7 +107,7 @@ def test_a_corrupt_image_in_a_real_batch(loaded_tiny_model, sample_dir: Path) ->
     assert {o.model.version for o in outcomes} == {loaded_tiny_model.version}
 
 
-def test_input_errors_are_told_from_outages(loaded_tiny_model) -> None:  # type: ignore[no-untyped-def]
+def test_input_errors_are_told_from_outages(loaded_tiny_model) -> None:
     import tensorflow as tf
 
     with pytest.raises(tf.errors.InvalidArgumentError) as refused:

@@ -27,11 +27,11 @@ def slide_uri(tmp_path_factory: pytest.TempPathFactory) -> str:
     return generate_slide(str(root / "slide.tif"), 1024, 768, seed=3, mpp=None).uri
 
 
-def _settings(model, **kw):  # type: ignore[no-untyped-def]
+def _settings(model, **kw):
     return SlideSettings.from_metadata(model.metadata, **kw)
 
 
-def test_tiled_input_scored_tile_by_tile(loaded_tiny_model, slide_uri: str) -> None:  # type: ignore[no-untyped-def]
+def test_tiled_input_scored_tile_by_tile(loaded_tiny_model, slide_uri: str) -> None:
     model = loaded_tiny_model
     score = score_input(model, slide_uri, model.identity, _settings(model, batch_size=7))
     assert score.ok and score.is_tiled and score.plan is not None
@@ -65,13 +65,13 @@ def test_tiled_input_scored_tile_by_tile(loaded_tiny_model, slide_uri: str) -> N
         assert img.format == "PNG" and img.width > score.thumbnail.shape[1]
 
 
-def eval_json(text: str) -> dict:  # type: ignore[type-arg]
+def eval_json(text: str) -> dict:
     import json
 
     return json.loads(text)
 
 
-def test_whole_input_keeps_todays_row(loaded_tiny_model, sample_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_whole_input_keeps_todays_row(loaded_tiny_model, sample_dir: Path) -> None:
     model = loaded_tiny_model
     patch = sorted((sample_dir / "malignant").glob("*.png"))[0]
     score = score_input(model, str(patch), model.identity, _settings(model))
@@ -83,7 +83,7 @@ def test_whole_input_keeps_todays_row(loaded_tiny_model, sample_dir: Path) -> No
     assert "tiles_scored" not in score.row.to_json()
 
 
-def test_unreadable_inputs_are_outcomes_with_reasons(loaded_tiny_model, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_unreadable_inputs_are_outcomes_with_reasons(loaded_tiny_model, tmp_path: Path) -> None:
     model = loaded_tiny_model
     fake = tmp_path / "notes.svs"
     fake.write_text("not a slide\n")
@@ -94,7 +94,7 @@ def test_unreadable_inputs_are_outcomes_with_reasons(loaded_tiny_model, tmp_path
         score.heatmap_png()
 
 
-def test_explain_top_tiles(loaded_tiny_model, slide_uri: str) -> None:  # type: ignore[no-untyped-def]
+def test_explain_top_tiles(loaded_tiny_model, slide_uri: str) -> None:
     model = loaded_tiny_model
     score = score_input(model, slide_uri, model.identity, _settings(model))
     explained = explain_top(model, score, 2)
@@ -104,11 +104,11 @@ def test_explain_top_tiles(loaded_tiny_model, slide_uri: str) -> None:  # type: 
         assert e.heatmap.ndim == 2 and e.pixels.shape == (48, 48, 3)
 
 
-def test_tile_probabilities_through_bytes_only_model(loaded_tiny_model, slide_uri: str) -> None:  # type: ignore[no-untyped-def]
+def test_tile_probabilities_through_bytes_only_model(loaded_tiny_model, slide_uri: str) -> None:
     """A model without ``run_pixels`` (TF Serving's client) gets PNG tiles: same scores."""
 
     class BytesOnly:
-        def run(self, signature, images):  # type: ignore[no-untyped-def]
+        def run(self, signature, images):
             return loaded_tiny_model.run(signature, images)
 
     model = loaded_tiny_model

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
-def bench():  # type: ignore[no-untyped-def]
+def bench():
     path = REPO / "bench" / "bench_training.py"
     spec = importlib.util.spec_from_file_location("bench_training", path)
     module = importlib.util.module_from_spec(spec)
@@ -36,7 +36,7 @@ IDC_SHAPE = {
 }  # fmt: skip
 
 
-def _rows(bench, shape: dict[str, tuple[int, int]]):  # type: ignore[no-untyped-def]
+def _rows(bench, shape: dict[str, tuple[int, int]]):
     rows = []
     for patient, (benign, malignant) in shape.items():
         rows += [bench.Row(f"{patient}-b{i}", "benign", patient) for i in range(benign)]
@@ -44,7 +44,7 @@ def _rows(bench, shape: dict[str, tuple[int, int]]):  # type: ignore[no-untyped-
     return rows
 
 
-def _check_groups(rows, groups, n: int) -> None:  # type: ignore[no-untyped-def]
+def _check_groups(rows, groups, n: int) -> None:
     patients = [p for g in groups for p in g]
     assert len(groups) == n
     assert len(patients) == len(set(patients)) == len({r.patient for r in rows})
@@ -56,7 +56,7 @@ def _check_groups(rows, groups, n: int) -> None:  # type: ignore[no-untyped-def]
 
 
 @pytest.mark.parametrize("n", [3, 4])
-def test_groups_are_disjoint_cover_everyone_and_hold_both_classes(bench, n: int) -> None:  # type: ignore[no-untyped-def]
+def test_groups_are_disjoint_cover_everyone_and_hold_both_classes(bench, n: int) -> None:
     rows = _rows(bench, IDC_SHAPE)
     groups = bench.pick_groups(rows, n)
     _check_groups(rows, groups, n)
@@ -65,24 +65,24 @@ def test_groups_are_disjoint_cover_everyone_and_hold_both_classes(bench, n: int)
     assert max(sizes) < 1.5 * min(sizes)  # roughly balanced in images
 
 
-def test_too_few_patients_with_a_class(bench) -> None:  # type: ignore[no-untyped-def]
+def test_too_few_patients_with_a_class(bench) -> None:
     with pytest.raises(ValueError, match="only 4 patients have it"):
         bench.pick_groups(_rows(bench, IDC_SHAPE), 5)
 
 
-def test_groups_on_the_real_idc_labels(bench, idc_dir: Path) -> None:  # type: ignore[no-untyped-def]
+def test_groups_on_the_real_idc_labels(bench, idc_dir: Path) -> None:
     rows = bench.read_rows(idc_dir / "labels.csv")
     _check_groups(rows, bench.pick_groups(rows, 3), 3)
 
 
-def test_image_split_folds_cover_every_image_once(bench) -> None:  # type: ignore[no-untyped-def]
+def test_image_split_folds_cover_every_image_once(bench) -> None:
     rows = _rows(bench, {"a": (10, 0), "b": (0, 7), "c": (3, 3)})
     folds = bench.image_folds(rows, 4)
     assert sorted(i for f in folds for i in f) == list(range(len(rows)))
     assert folds == bench.image_folds(rows, 4)
 
 
-def test_every_recipe_is_a_valid_training_config(bench) -> None:  # type: ignore[no-untyped-def]
+def test_every_recipe_is_a_valid_training_config(bench) -> None:
     from training.config import from_mapping
 
     for name, recipe in bench.RECIPES.items():
@@ -95,7 +95,7 @@ def test_every_recipe_is_a_valid_training_config(bench) -> None:  # type: ignore
     assert bench.RECIPES["final1_tta"].overrides == {"final_models": 1, "tta": True}
 
 
-def test_summary_means_ranges_and_wins(bench) -> None:  # type: ignore[no-untyped-def]
+def test_summary_means_ranges_and_wins(bench) -> None:
     def doc(recipe: str, group: int, auc: float) -> dict:
         return {
             "recipe": recipe, "group": group, "seed": 1, "roc_auc": auc,
@@ -114,7 +114,7 @@ def test_summary_means_ranges_and_wins(bench) -> None:  # type: ignore[no-untype
     assert "| default | 2 | 0.850 [0.750, 0.950] |" in table
 
 
-def test_pooled_figures_by_image_and_by_patient(bench) -> None:  # type: ignore[no-untyped-def]
+def test_pooled_figures_by_image_and_by_patient(bench) -> None:
     def pred(patient: str, label: int, p: float) -> dict:
         return {"patient": patient, "label": label, "probability": p}
 
@@ -150,7 +150,7 @@ def _patient_csv(sample_dir: Path, path: Path) -> Path:
 
 def test_protocol_saves_each_run_resumes_and_tables(
     bench, sample_dir: Path, tmp_path: Path, monkeypatch
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     # Patients p0b..p2b hold benign images only, p0m..p2m malignant only: mix them so
     # that three patients hold both classes.
     labels = _patient_csv(sample_dir, tmp_path / "labels.csv")

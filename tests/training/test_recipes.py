@@ -37,12 +37,12 @@ def _views(image: np.ndarray) -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def sample_images(tiny_model) -> list[np.ndarray]:  # type: ignore[no-untyped-def]
+def sample_images(tiny_model) -> list[np.ndarray]:
     paths = sorted(Path(tiny_model.sample_dir).rglob("*.png"))[::8]
     return [_pixels(p.read_bytes()) for p in paths]
 
 
-def _export(keras_model, root: Path, **fields):  # type: ignore[no-untyped-def]
+def _export(keras_model, root: Path, **fields):
     from model_fixtures import export_binary
 
     from model_export.loader import load_model
@@ -130,14 +130,14 @@ def test_final_epochs_are_the_folds_median_best_with_that_folds_schedule() -> No
 
 
 @pytest.fixture(scope="module")
-def tta_model(loaded_tiny_model, tmp_path_factory):  # type: ignore[no-untyped-def]
+def tta_model(loaded_tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("tta")
     return _export(loaded_tiny_model.keras_model(), root, tta=True)
 
 
 def test_tta_probability_is_the_mean_of_the_eight_views_scored_alone(
     tta_model, loaded_tiny_model, sample_images
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     images = [_png(x) for x in sample_images]
     served = tta_model.run("serving_default", images)["probability"]
     views = [_png(v) for x in sample_images for v in _views(x)]
@@ -154,7 +154,7 @@ def test_tta_probability_is_the_mean_of_the_eight_views_scored_alone(
     assert loaded_tiny_model.metadata.serving["test_time_augmentation"] is None
 
 
-def test_tta_heatmap_turns_with_the_image(tta_model, sample_images) -> None:  # type: ignore[no-untyped-def]
+def test_tta_heatmap_turns_with_the_image(tta_model, sample_images) -> None:
     image = sample_images[0]
     turned = np.rot90(np.fliplr(image), 1)
     out = tta_model.run("explain", [_png(image), _png(turned)])
@@ -175,7 +175,7 @@ def _shift_stain(image: np.ndarray) -> np.ndarray:
     return np.clip(shifted, 0, 255).astype(np.uint8)
 
 
-def test_reinhard_layer_maps_a_shifted_copy_back_to_the_original(sample_images) -> None:  # type: ignore[no-untyped-def]
+def test_reinhard_layer_maps_a_shifted_copy_back_to_the_original(sample_images) -> None:
     import tensorflow as tf
 
     from model_export.preprocessing import ReinhardNormalisation, lab_statistics
@@ -196,7 +196,7 @@ def test_reinhard_layer_maps_a_shifted_copy_back_to_the_original(sample_images) 
 
 def test_stain_normalised_savedmodel_scores_a_shifted_copy_closer(
     loaded_tiny_model, sample_images, tmp_path: Path
-) -> None:  # type: ignore[no-untyped-def]
+) -> None:
     import tensorflow as tf
     from model_fixtures import IMAGE_SIZE
 
@@ -219,7 +219,7 @@ def test_stain_normalised_savedmodel_scores_a_shifted_copy_closer(
     originals = [_png(x) for x in sample_images]
     shifted = [_png(_shift_stain(x)) for x in sample_images]
 
-    def gap(model) -> float:  # type: ignore[no-untyped-def]
+    def gap(model) -> float:
         a = model.run("serving_default", originals)["probability"]
         b = model.run("serving_default", shifted)["probability"]
         return float(np.abs(np.log(a / (1 - a)) - np.log(b / (1 - b))).mean())
@@ -236,7 +236,7 @@ def test_stain_normalised_savedmodel_scores_a_shifted_copy_closer(
 # ------------------------------------------------------------ real training runs
 
 
-def _train(sample_dir: Path, out: Path, **overrides):  # type: ignore[no-untyped-def]
+def _train(sample_dir: Path, out: Path, **overrides):
     from training.config import from_mapping
     from training.train import train
 
@@ -246,7 +246,7 @@ def _train(sample_dir: Path, out: Path, **overrides):  # type: ignore[no-untyped
     return config, train(config)
 
 
-def _trainable(model) -> np.ndarray:  # type: ignore[no-untyped-def]
+def _trainable(model) -> np.ndarray:
     return np.concatenate([np.ravel(w) for w in model.trainable_weights])
 
 

@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 QUICK = ["--epochs", "2", "--image-size", "32", "--batch-size", "16", "--verbose", "0"]
 
 
-def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_cli_trains_and_exports_locally(sample_dir: Path, tmp_path: Path, capsys) -> None:
     out = tmp_path / "models"
     assert main(["--data", str(sample_dir), "--output", str(out), *QUICK, "--mpp", "4"]) == 0
     printed = capsys.readouterr().out
@@ -101,7 +101,7 @@ def test_config_file_and_flags(tmp_path: Path) -> None:
         (["--mpp", "0"], "mpp"),
     ],
 )
-def test_bad_flags_name_the_field(flags: list[str], message: str, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_flags_name_the_field(flags: list[str], message: str, capsys) -> None:
     assert main(["--data", "d", "--output", "o", *flags]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error:") and message in err
@@ -115,12 +115,12 @@ def test_unknown_config_field(tmp_path: Path) -> None:
         config_from_args(["--config", str(cfg)])
 
 
-def test_bad_data_folder_fails_clearly(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_bad_data_folder_fails_clearly(tmp_path: Path, capsys) -> None:
     assert main(["--data", str(tmp_path / "none"), "--output", str(tmp_path / "m")]) == 2
     assert "no labelled images found under" in capsys.readouterr().err
 
 
-def test_transfer_learning_weights_errors(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_transfer_learning_weights_errors(tmp_path: Path, monkeypatch) -> None:
     import keras
 
     from training.train import TrainingError, build_model
@@ -135,7 +135,7 @@ def test_transfer_learning_weights_errors(tmp_path: Path, monkeypatch) -> None: 
     with pytest.raises(TrainingError, match="does not exist"):
         build_model(config, 2)
 
-    def offline(*args, **kwargs):  # type: ignore[no-untyped-def]
+    def offline(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -3] Temporary failure in name resolution")
 
     monkeypatch.setattr(keras.utils, "get_file", offline)

@@ -155,7 +155,7 @@ def _noise_labels_csv(sample_dir: Path, path: Path) -> Path:
     return path
 
 
-def test_weak_model_is_flagged_and_not_blessed(sample_dir: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+def test_weak_model_is_flagged_and_not_blessed(sample_dir: Path, tmp_path: Path, capsys) -> None:
     from model_export.loader import ModelLoadError, load_model
     from training.__main__ import main
 
