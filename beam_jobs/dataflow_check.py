@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from model_export.contract import METADATA_FILE, ModelMetadata
 from model_export.identity import ModelIdentity
 
 if TYPE_CHECKING:
@@ -45,6 +46,19 @@ DATAFLOW_ARGS = (
 # The launchers resolve the model's version from its metadata through model_export,
 # which imports TensorFlow; this venv has none, so the check names the version.
 IDENTITY = ModelIdentity(name="histo-cnn", version=1, uri=f"{MODEL_ROOT}/1")
+# The version's metadata, as training writes it: with a training scale, so the
+# batch job is built with its slide path (tiling large inputs) as on a real model.
+METADATA = ModelMetadata(
+    model_name=IDENTITY.name,
+    version=IDENTITY.version,
+    class_names=["benign", "malignant"],
+    positive_class="malignant",
+    threshold=0.5,
+    threshold_method="youden",
+    image_size=48,
+    architecture="check",
+    native_size=[50, 50],
+)
 STAGED = {
     "workflow.tar.gz": "the project (--setup_file)",
     "requirements.txt": "the worker requirements (--requirements_file)",
@@ -54,6 +68,8 @@ BATCH_STEPS = (
     "WriteManifest",
     "ReadImages",
     "RunInference",
+    "ScoreSlides",
+    "WriteTiles",
     "WriteResults",
     "WriteErrors",
     "Reconcile",
@@ -124,10 +140,11 @@ def check(job: JobCheck, *, streaming: bool, steps: Sequence[str]) -> JobCheck:
 
 
 def _seed_storage() -> None:
-    """Create the bucket the jobs name (building them reads nothing from it)."""
+    """Create the bucket the jobs name and the model version's metadata they read."""
     from histo_common import storage
 
     storage._gcs_client().create_bucket(BUCKET)
+    storage.write_text(storage.join(IDENTITY.uri, METADATA_FILE), METADATA.to_json())
 
 
 def build_batch() -> JobCheck:

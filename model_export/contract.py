@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field
 from typing import Any
 
 # Verdict files beside a version (the evaluation gate and training write them): the
@@ -172,7 +172,7 @@ class ModelMetadata:
         required = {
             n
             for n, f in cls.__dataclass_fields__.items()
-            if f.default is f.default_factory is __import__("dataclasses").MISSING
+            if f.default is f.default_factory is MISSING
         }
         missing = required - data.keys()
         if missing:
