@@ -69,6 +69,7 @@ BATCH_STEPS = (
     "ReadImages",
     "RunInference",
     "ScoreSlides",
+    "AssembleSlides",
     "WriteTiles",
     "WriteResults",
     "WriteErrors",
@@ -80,6 +81,9 @@ STREAM_STEPS = (
     "FixedWindows",
     "ReadImages",
     "RunInference",
+    "ScoreSlides",
+    "AssembleSlides",
+    "WriteTiles",
     "WriteResults",
     "WriteErrors",
 )

@@ -13,7 +13,9 @@ runner retries.
 
 Model sharing: RunInference keeps one loaded model per worker process in a
 ``shared.Shared`` handle, so every DoFn thread of that process uses the same
-model. Sharing one copy across processes (``large_model=True``) is off by
+model; and the job's RunInference steps (patches, slide tiles, Grad-CAM of the
+top images) share one load per process and version through
+:func:`shared_model` instead of loading it once each. Sharing one copy across processes (``large_model=True``) is off by
 default: the tiny CNN loads in a second and the cross-process proxy would pickle
 every batch.
 """
@@ -21,6 +23,8 @@ every batch.
 from __future__ import annotations
 
 import logging
+import threading
+import weakref
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,6 +39,28 @@ from model_export.scoring import score_batch
 logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "histoscreen"
+
+# Models loaded in this process, by URI, while some step holds them.
+_LOADED: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+_LOADING = threading.Lock()
+
+
+def shared_model(model_uri: str) -> Any:
+    """The model at ``model_uri``, loaded once per process while any step holds it.
+
+    Every RunInference step keeps its own model; the job's steps score with the
+    same pinned version, so the second asks here and gets the first's (a
+    SavedModel serves concurrent calls). A step loading while another does waits
+    for that load rather than starting its own.
+    """
+    from model_export.loader import load_model
+
+    with _LOADING:
+        model = _LOADED.get(model_uri)
+        if model is None:
+            model = load_model(model_uri)
+            _LOADED[model_uri] = model
+        return model
 
 
 class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):
@@ -101,10 +127,8 @@ class HistoModelHandler(_ContractHandler):
         self.model_uri = model_uri
 
     def load_model(self) -> Any:  # a LoadedModel; stream.py overrides with a RefreshingModel
-        """Load the model with the project's loader (local or ``gs://``)."""
-        from model_export.loader import load_model
-
-        return load_model(self.model_uri)
+        """Load the model with the project's loader (local or ``gs://``), once per process."""
+        return shared_model(self.model_uri)
 
 
 class ServingModelHandler(_ContractHandler):

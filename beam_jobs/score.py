@@ -43,7 +43,7 @@ from beam_jobs.config import (
 )
 from beam_jobs.matching import MatchInputs, WriteManifest
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
-from beam_jobs.slides import SlideJob, slide_job
+from beam_jobs.slides import TILES, SlideJob, WriteTiles, slide_job
 from beam_jobs.transforms import (
     ERRORS,
     EXPLAINED,
@@ -351,6 +351,10 @@ def score_matched(
         config.output, config.formats, config.num_shards
     )
     _ = errors | "WriteErrors" >> WriteErrors(config.output, config.num_shards)
+    if TILES in scored:
+        _ = scored[TILES] | "WriteTiles" >> WriteTiles(
+            config.output, config.formats, config.num_shards
+        )
 
     if config.gradcam:
         if config.gradcam_top is None:  # explain_all: every image was explained
@@ -377,8 +381,6 @@ def job_slides(config: ScoreConfig, plan: ScoringPlan) -> SlideJob | None:
         has_metadata=bool(config.options.model),
         output=config.output,
         base=plan.base,
-        formats=config.formats,
-        num_shards=config.num_shards,
         stride=config.tile_stride,
         max_pixels=config.options.max_pixels,
         max_bytes=config.options.max_bytes,

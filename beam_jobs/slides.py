@@ -10,12 +10,14 @@ one error row per input, plus its tile rows and heatmap::
       tiles   -> Reshuffle (one slide's tiles spread over workers)
               -> RunInference(TileModelHandler): each worker reads regions through
                  its own SlidePool and scores them in batches (pixel signature)
-              -> (uri, tile probability) ... CoGroupByKey with the header
-      slide   -> FinishSlide: the slide rule -> ResultRow, TileRow's, heatmap PNG
+              -> (uri, tile probability) ... with the header, keyed by URI
+      slide   -> AssembleSlides (stateful: finishes a slide once all its tiles are in):
+                 the slide rule -> ResultRow, TileRow's, heatmap PNG
 
-Memory per worker stays bounded whatever the slide's size: no slide is read
-whole (regions only, through OpenSlide), tile pixels never leave the DoFn that
-read them, and the grouping carries only positions and probabilities. A
+The caller writes the tile rows (the batch job as files, the stream per
+window). Memory per worker stays bounded whatever the slide's size: no slide is
+read whole (regions only, through OpenSlide), tile pixels never leave the DoFn
+that read them, and the state per slide holds only positions and probabilities. A
 patch-sized TIFF planned ``whole`` goes back to the patch path (``whole``
 output) and is scored exactly as before. Every routed input ends as exactly one
 row: a slide that cannot be opened, whose tiles cannot be read, or that the
@@ -32,14 +34,22 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
 import numpy as np
+from apache_beam.coders import PickleCoder, VarIntCoder
 from apache_beam.io import fileio
 from apache_beam.metrics import Metrics
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult, RunInference
+from apache_beam.transforms.timeutil import TimeDomain
+from apache_beam.transforms.userstate import (
+    BagStateSpec,
+    ReadModifyWriteStateSpec,
+    TimerSpec,
+    on_timer,
+)
 
 from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE
@@ -49,7 +59,7 @@ from histo_common.results import ErrorRow, ResultRow, TileRow
 from histo_common.slides import SlideError, SlidePool, open_slide
 from histo_common.tiling import TilePlan, TileRegion, read_tiles
 from model_export import contract
-from model_export.identity import ModelIdentity
+from model_export.identity import ModelIdentity, ModelLoadError
 from model_export.slide_scoring import (
     SlideSettings,
     plan_input,
@@ -74,17 +84,14 @@ class SlideJob:
 
     Attributes:
         settings: the model's scale and slide rule (from its metadata) and the job's choices.
-        output: the run's output folder (tile rows, heatmaps).
+        output: the run's output folder (heatmaps; the caller writes the tile rows,
+            as files (:class:`WriteTiles`) or, in a stream, per window).
         base: the folder holding every input; heatmap names are paths under it.
-        formats: row formats (``jsonl`` always; ``parquet`` also writes tile Parquet).
-        num_shards: output shards (0: the runner decides).
     """
 
     settings: SlideSettings
     output: str
     base: str
-    formats: tuple[str, ...] = ("jsonl",)
-    num_shards: int = 0
 
 
 def slide_job(
@@ -93,8 +100,6 @@ def slide_job(
     has_metadata: bool,
     output: str,
     base: str,
-    formats: Sequence[str] = ("jsonl",),
-    num_shards: int = 0,
     **settings: Any,
 ) -> SlideJob | None:
     """The slide part of a scoring job, or None when inputs cannot be tiled.
@@ -105,8 +110,6 @@ def slide_job(
             (no metadata, no training scale: every input is scored whole, as before).
         output: the run's output folder.
         base: the folder holding every input.
-        formats: row formats of the run.
-        num_shards: output shards (0: the runner decides).
         settings: :class:`SlideSettings` overrides (``stride``, ``batch_size``, ...).
     """
     if not has_metadata:
@@ -120,8 +123,6 @@ def slide_job(
         settings=SlideSettings.from_metadata(metadata, **settings),
         output=output,
         base=base,
-        formats=tuple(formats),
-        num_shards=num_shards,
     )
 
 
@@ -133,10 +134,17 @@ class TileWork(NamedTuple):
 
 
 class TileOutcome(NamedTuple):
-    """A scored tile: its probability, or why it could not be read or scored."""
+    """A scored tile: its probability (and the model version that gave it), or why not.
+
+    ``version`` and ``model_uri`` are set when the model can change while a job
+    runs (the stream's refreshing model): a slide is judged with the version that
+    scored its tiles.
+    """
 
     probability: float | None
     error: str | None = None
+    version: int | None = None
+    model_uri: str | None = None
 
 
 class SlideHeader(NamedTuple):
@@ -279,10 +287,14 @@ class TileScorer:
             readable.extend(indices)
             pixels.extend(tiles)
         if readable:
+            # The stream's model follows new versions: take the current one for the batch.
+            current = getattr(self.model, "current", None)
+            model = current() if current is not None else self.model
+            version, model_uri = getattr(model, "version", None), getattr(model, "uri", None)
             stacked = np.stack(pixels)
-            probs = tile_outputs(self.model, contract.PREDICT_SIGNATURE, stacked)["probability"]
+            probs = tile_outputs(model, contract.PREDICT_SIGNATURE, stacked)["probability"]
             for i, p in zip(readable, probs, strict=True):
-                outcomes[i] = TileOutcome(float(p))
+                outcomes[i] = TileOutcome(float(p), None, version, model_uri)
         return [o if o is not None else TileOutcome(None, "tile lost") for o in outcomes]
 
 
@@ -340,8 +352,31 @@ def _keyed_outcome(result: PredictionResult) -> tuple[str, tuple[TileRegion, Til
 # ------------------------------------------------------------------ per slide
 
 
-class _FinishSlide(beam.DoFn):
-    """A slide's header and tile outcomes -> its result row, tile rows and heatmap."""
+# What _AssembleSlide keeps per slide (module-level: Beam reads them off the signatures).
+_HEADER = ReadModifyWriteStateSpec("header", PickleCoder())
+_OUTCOMES = BagStateSpec("outcomes", PickleCoder())
+_COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
+_EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+_HEADER_STATE = beam.DoFn.StateParam(_HEADER)
+_OUTCOME_STATE = beam.DoFn.StateParam(_OUTCOMES)
+_COUNT_STATE = beam.DoFn.StateParam(_COUNT)
+_EXPIRY_TIMER = beam.DoFn.TimerParam(_EXPIRY)
+
+
+class _AssembleSlide(beam.DoFn):
+    """A slide's header and tile outcomes (keyed by URI) -> its row, tile rows and heatmap.
+
+    A stateful step rather than a grouping, so that it works the same in the
+    batch job and the stream: what has arrived of each slide is kept per slide
+    (and window), and the slide is finished as soon as its header and all its
+    tiles are in. A grouping would fire per window pane, and in a stream a late
+    slide's header and tiles can fall into different panes. If tiles go missing,
+    a timer at the window's end turns the slide into one error row.
+
+    Tiles scored by a model version other than the job's (the stream follows new
+    versions) are judged with that version's threshold; a slide whose tiles were
+    scored by two versions is an error row (a version switch mid-slide, rare).
+    """
 
     def __init__(self, job: SlideJob, identity: ModelIdentity) -> None:
         self.job = job
@@ -351,37 +386,80 @@ class _FinishSlide(beam.DoFn):
         self.failed = Metrics.counter(METRICS_NAMESPACE, "images_failed")
         self.heatmaps = Metrics.counter(METRICS_NAMESPACE, "heatmaps_written")
         self.heatmaps_failed = Metrics.counter(METRICS_NAMESPACE, "heatmaps_failed")
+        self._versions: dict[str, tuple[ModelIdentity, SlideSettings]] = {}
 
-    def process(self, element: tuple[str, dict[str, list[Any]]]) -> Iterator[Any]:
-        uri, grouped = element
-        (header,) = grouped[HEADERS]
-        outcomes = sorted(grouped[TILES], key=lambda t: (t[0].y, t[0].x))  # row-major
+    def process(
+        self,
+        element: tuple[str, Any],
+        window_: Any = beam.DoFn.WindowParam,
+        header_state: Any = _HEADER_STATE,
+        outcome_state: Any = _OUTCOME_STATE,
+        count_state: Any = _COUNT_STATE,
+        expiry: Any = _EXPIRY_TIMER,
+    ) -> Iterator[Any]:
+        uri, item = element
+        if isinstance(item, SlideHeader):
+            header_state.write(item)
+            expiry.set(window_.max_timestamp())
+        else:
+            outcome_state.add(item)
+            count_state.write((count_state.read() or 0) + 1)
+        header = header_state.read()
+        if header is None or (count_state.read() or 0) < header.tissue_tiles:
+            return
+        outcomes = list(outcome_state.read())
+        for state in (header_state, outcome_state, count_state):
+            state.clear()
+        yield from self._finish(uri, header, outcomes)
+
+    @on_timer(_EXPIRY)
+    def expire(
+        self,
+        key: Any = beam.DoFn.KeyParam,
+        header_state: Any = _HEADER_STATE,
+        count_state: Any = _COUNT_STATE,
+    ) -> Iterator[Any]:
+        """The window ends with the slide incomplete: one error row, not a lost input."""
+        header = header_state.read()
+        if header is None:  # finished (state cleared) or never planned
+            return
+        self.failed.inc()
+        missing = header.tissue_tiles - (count_state.read() or 0)
+        logger.warning("Could not score slide %s: %d tiles went missing", key, missing)
+        yield beam.pvalue.TaggedOutput(
+            ERRORS, ErrorRow.build(key, f"{missing} tiles went missing", "score")
+        )
+
+    def _finish(
+        self, uri: str, header: SlideHeader, outcomes: list[tuple[TileRegion, TileOutcome]]
+    ) -> Iterator[Any]:
+        outcomes.sort(key=lambda t: (t[0].y, t[0].x))  # row-major
         failed = [o for _r, o in outcomes if o.probability is None]
-        if failed or len(outcomes) != header.tissue_tiles:
-            reason = failed[0].error if failed else "tiles went missing"
-            self.failed.inc()
-            logger.warning("Could not score slide %s: %s", uri, reason)
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, ErrorRow.build(uri, f"{len(failed)} tiles unreadable: {reason}", "read")
-            )
+        if failed:
+            yield self._error(uri, f"{len(failed)} tiles unreadable: {failed[0].error}", "read")
+            return
+        try:
+            identity, settings = self._scored_by(outcomes)
+        except (ValueError, ModelLoadError) as exc:
+            yield self._error(uri, str(exc), "score")
             return
         template = TilePlan.from_dict(header.plan)
         regions = [r for r, _o in outcomes]
         plan = template.with_tiles(regions)
         probabilities = [float(o.probability or 0.0) for _r, o in outcomes]
-        summary = summarise(plan, probabilities, self.job.settings)
+        summary = summarise(plan, probabilities, settings)
         width, height = plan.geometry.dimensions
         self.scored.inc()
         self.tiles.inc(len(regions))
         yield ResultRow.for_slide(
             uri,
             summary,
-            model_name=self.identity.name,
-            model_version=self.identity.version,
+            model_name=identity.name,
+            model_version=identity.version,
             width=width,
             height=height,
         )
-        rows = tile_rows(uri, regions, probabilities, self.identity)
+        rows = tile_rows(uri, regions, probabilities, identity)
         for row in rows:
             yield beam.pvalue.TaggedOutput(TILES, row)
         target = RunLayout(self.job.output).heatmap(uri, self.job.base)
@@ -396,13 +474,59 @@ class _FinishSlide(beam.DoFn):
             return
         self.heatmaps.inc()
 
+    def _scored_by(
+        self, outcomes: list[tuple[TileRegion, TileOutcome]]
+    ) -> tuple[ModelIdentity, SlideSettings]:
+        """The model version that scored the tiles, and the settings to judge them by.
+
+        Raises:
+            ValueError: two versions scored the tiles, or the new version's scale differs.
+            ModelLoadError: the new version's metadata cannot be read.
+        """
+        used = {(o.version, o.model_uri) for _r, o in outcomes if o.version is not None}
+        if {v for v, _u in used} <= {self.identity.version}:
+            return self.identity, self.job.settings
+        if len(used) > 1:
+            versions = ", ".join(sorted({str(v) for v, _u in used}))
+            raise ValueError(
+                f"the model changed while its tiles were scored (versions {versions}); "
+                "score it again to use one version"
+            )
+        ((version, model_uri),) = used
+        assert model_uri is not None  # set together with the version
+        if model_uri not in self._versions:
+            from model_export.identity import read_metadata
+
+            metadata = read_metadata(model_uri)
+            fresh = SlideSettings.from_metadata(metadata)
+            if fresh.scale != self.job.settings.scale:
+                raise ValueError(
+                    f"model version {version} has another training scale ({fresh.scale}) "
+                    f"than the one its tiles were cut for ({self.job.settings.scale})"
+                )
+            settings = replace(
+                self.job.settings,
+                threshold=fresh.threshold,
+                positive_class=fresh.positive_class,
+                negative_class=fresh.negative_class,
+                model_input_size=fresh.model_input_size,
+            )
+            identity = ModelIdentity(name=metadata.model_name, version=version, uri=model_uri)
+            self._versions[model_uri] = (identity, settings)
+        return self._versions[model_uri]
+
+    def _error(self, uri: str, reason: str, stage: str) -> Any:
+        self.failed.inc()
+        logger.warning("Could not score slide %s: %s", uri, reason)
+        return beam.pvalue.TaggedOutput(ERRORS, ErrorRow.build(uri, reason, stage))
+
 
 class ScoreSlides(beam.PTransform):
     """Slide inputs (``MatchedFile``) -> ``results``, ``errors``, ``tiles`` and ``whole``.
 
     ``whole`` holds the ``CheckedImage`` of inputs the tiling rule scores whole
-    (for the patch path); heatmaps are written under ``<output>/heatmaps/`` and
-    tile rows under ``<output>/tiles/`` (see the module docstring).
+    (for the patch path); heatmaps are written under ``<output>/heatmaps/``;
+    ``tiles`` are the tile rows, for the caller to write (see the module docstring).
 
     Args:
         job: the slide settings and outputs (:func:`slide_job`).
@@ -417,7 +541,7 @@ class ScoreSlides(beam.PTransform):
         self.identity = identity
 
     def expand(self, slides: beam.PCollection) -> dict[str, beam.PCollection]:
-        """Plan, fan out, score, group back; write the tile rows; return the rows."""
+        """Plan, fan out, score, assemble per slide; return the rows."""
         planned = slides | "PlanSlides" >> beam.ParDo(_PlanSlide(self.job.settings)).with_outputs(
             HEADERS, WHOLE, ERRORS, main=TILES
         )
@@ -429,15 +553,12 @@ class ScoreSlides(beam.PTransform):
             | "KeyByInput" >> beam.Map(_keyed_outcome)
         )
         finished = (
-            {HEADERS: planned[HEADERS], TILES: scored_tiles}
-            | "GroupPerSlide" >> beam.CoGroupByKey()
-            | "FinishSlides"
-            >> beam.ParDo(_FinishSlide(self.job, self.identity)).with_outputs(
+            (planned[HEADERS], scored_tiles)
+            | "HeadersAndTiles" >> beam.Flatten()
+            | "AssembleSlides"
+            >> beam.ParDo(_AssembleSlide(self.job, self.identity)).with_outputs(
                 TILES, ERRORS, main="results"
             )
-        )
-        _ = finished[TILES] | "WriteTiles" >> WriteTiles(
-            self.job.output, self.job.formats, self.job.num_shards
         )
         errors = (planned[ERRORS], finished[ERRORS]) | "SlideErrors" >> beam.Flatten()
         return {

@@ -12,11 +12,12 @@ Notifications -> ``ParseNotifications`` (non-images, other event types and the
 job's own outputs are ignored; a message that is no notification is an error
 row) -> ``DropDuplicates`` (one element per ``bucket/name#generation`` within
 ``--dedupe-seconds``: Pub/Sub and Cloud Storage deliver at least once) -> fixed
-windows of ``--window-seconds`` -> ``ReadImages`` -> ``ScoreImages``
-(RunInference, batched across elements for at most ``--max-batch-seconds``) ->
-windowed ``<output>/results/part-<window start>-<window end>-...jsonl`` and
-``<output>/errors/...``, the batch job's row schema. Every notification for an
-image ends as one result row or one error row.
+windows of ``--window-seconds`` -> the batch job's ``ScoreInputs`` (RunInference,
+batched across elements for at most ``--max-batch-seconds``; large inputs and
+slides tiled, their heatmaps under ``<output>/heatmaps/``) -> windowed
+``<output>/results/part-<window start>-<window end>-...jsonl``, ``<output>/errors/...``
+and ``<output>/tiles/...``, the batch job's row schemas. Every notification for
+an image or slide ends as one result row or one error row.
 
 Model refresh: with a model root, the handler looks for a newer complete
 version (metadata written last) every ``--model-poll-seconds`` and swaps it in
@@ -68,8 +69,9 @@ from beam_jobs import files, notifications
 from beam_jobs.config import ConfigError, ScoringOptions
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler
 from beam_jobs.score import add_model_flags, configure_logging, options_from_args, prepare_output
+from beam_jobs.slides import TILES, slide_job
 from beam_jobs.stages import CheckedImage
-from beam_jobs.transforms import ERRORS, ReadImages, ScoreImages
+from beam_jobs.transforms import ERRORS, ScoreInputs
 from histo_common import bucket_events, storage
 from histo_common.layout import RunLayout, StreamSummary, StreamWindow
 from histo_common.results import ErrorRow, utc_now
@@ -532,15 +534,28 @@ def add_streaming(
     if run_id is not None:
         objects = objects | "OweRows" >> beam.Map(_owe_one, run_id)
         bad_messages = bad_messages | "OweErrorRows" >> beam.Map(_owe_one, run_id)
-    read = objects | "ReadImages" >> ReadImages(options.max_pixels, options.max_bytes)
-    scored = read["images"] | "ScoreImages" >> ScoreImages(handler)
-    errors = (bad_messages, read[ERRORS], scored[ERRORS]) | "AllErrors" >> beam.Flatten()
+    # The batch job's scoring: large inputs are tiled (tile rows per window, a heatmap each).
+    slides = slide_job(
+        identity,
+        has_metadata=True,
+        output=config.output,
+        base=config.watch or "",
+        max_pixels=options.max_pixels,
+        max_bytes=options.max_bytes,
+    )
+    scored = objects | "ScoreInputs" >> ScoreInputs(
+        handler, identity, options.max_pixels, options.max_bytes, slides
+    )
+    errors = (bad_messages, scored[ERRORS]) | "AllErrors" >> beam.Flatten()
     for name, rows in (("Results", scored["results"]), ("Errors", errors)):
         kind = RESULTS_DIR if name == "Results" else ERRORS_DIR
         folder = files.join(config.output, kind)
         written = rows | f"Write{name}" >> WriteWindowedRows(folder)
         if run_id is not None:
             _ = written | f"Count{name}Written" >> beam.ParDo(_CountWritten(run_id, folder, kind))
+    if TILES in scored:
+        folder = files.join(config.output, RunLayout.TILES)
+        _ = scored[TILES] | "WriteTiles" >> WriteWindowedRows(folder)
     return {"results": scored["results"], ERRORS: errors}
 
 

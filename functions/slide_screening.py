@@ -212,7 +212,9 @@ def score_slide(
                     "check",
                 )
             with clock.stage("tiles"):
-                score = score_input(model, uri, model.identity, slide_settings, slide=slide)
+                score = score_input(
+                    model, uri, model.identity, slide_settings, slide=slide, plan=plan
+                )
             if score.row is None:
                 raise SlideRefused(score.error or "could not be scored", score.stage)
             row = replace(score.row, uri=name) if name else score.row

@@ -48,6 +48,10 @@ SLIDE_SUFFIXES = WSI_SUFFIXES + TIFF_SUFFIXES + PLAIN_SUFFIXES
 # Glass colour used where a region reaches past the slide or is transparent.
 BACKGROUND_RGB = (255, 255, 255)
 DEFAULT_THUMBNAIL_SIDE = 1024
+# Coarser than any microscope scan (a 1.25x objective gives about 8 um/px): a TIFF's
+# resolution tag saying more is an image editor's 72 or 96 dpi (352.8, 264.6 um/px),
+# not a scale, and trusting it would cut one-pixel tiles.
+MAX_PLAUSIBLE_MPP = 20.0
 
 
 class SlideError(ValueError):
@@ -186,7 +190,7 @@ class OpenSlideSlide(Slide):
             vendor=props.get(openslide.PROPERTY_NAME_VENDOR, "unknown"),
             level_dimensions=tuple((int(w), int(h)) for w, h in self._slide.level_dimensions),
             level_downsamples=tuple(float(d) for d in self._slide.level_downsamples),
-            mpp=_mpp(props),
+            mpp=_mpp(props, uri),
         )
 
     def read_region(self, x0: int, y0: int, level: int, width: int, height: int) -> np.ndarray:
@@ -461,7 +465,13 @@ def _is_tiled_tiff(uri: str, path: Path) -> bool:
         raise SlideError(f"{uri}: corrupt or truncated TIFF: {_one_line(exc)}") from exc
 
 
-def _mpp(props: Any) -> float | None:
+def _mpp(props: Any, uri: str) -> float | None:
+    """Microns per level-0 pixel from OpenSlide's properties, or None when unknown.
+
+    A value coarser than :data:`MAX_PLAUSIBLE_MPP` is a screen resolution written
+    by an image editor, not a scan's: it is ignored (with a warning naming ``uri``),
+    so the input is tiled as if it had no scale rather than into one-pixel tiles.
+    """
     import openslide
 
     values = []
@@ -472,7 +482,18 @@ def _mpp(props: Any) -> float | None:
             continue
         if np.isfinite(value) and value > 0:
             values.append(value)
-    return float(np.mean(values)) if values else None
+    if not values:
+        return None
+    mpp = float(np.mean(values))
+    if mpp > MAX_PLAUSIBLE_MPP:
+        logger.warning(
+            "%s: its resolution says %.1f um/px, coarser than any microscope scan "
+            "(an image editor's dpi?): ignored, the slide is treated as having no scale",
+            uri,
+            mpp,
+        )
+        return None
+    return mpp
 
 
 def _flatten_rgba(rgba: np.ndarray) -> np.ndarray:

@@ -284,6 +284,7 @@ def score_input(
     settings: SlideSettings,
     *,
     slide: Slide | None = None,
+    plan: TilePlan | None = None,
     thumbnail_side: int = DEFAULT_THUMBNAIL_SIDE,
 ) -> SlideScore:
     """Score one input of any size (see the module docstring).
@@ -294,6 +295,8 @@ def score_input(
         identity: the model identity stamped on the rows.
         settings: tiling and slide-rule settings (:meth:`SlideSettings.from_metadata`).
         slide: the input already open (it is then left open); else it is opened here.
+        plan: ``slide``'s plan when the caller has made it (:func:`plan_input`), so the
+            tissue mask is not computed twice.
         thumbnail_side: the thumbnail's longer side, for the heatmap.
 
     Returns:
@@ -308,7 +311,7 @@ def score_input(
     except SlideError as exc:
         return SlideScore(uri, None, error=str(exc), stage="read")
     try:
-        return _score_open(model, opened, identity, settings, thumbnail_side)
+        return _score_open(model, opened, identity, settings, thumbnail_side, plan)
     finally:
         if slide is None:
             opened.close()
@@ -320,13 +323,15 @@ def _score_open(
     identity: ModelIdentity,
     settings: SlideSettings,
     thumbnail_side: int,
+    plan: TilePlan | None = None,
 ) -> SlideScore:
     uri = slide.geometry.uri
     width, height = slide.geometry.dimensions
-    try:
-        plan = plan_input(slide, settings)
-    except SlideError as exc:
-        return SlideScore(uri, None, error=str(exc), stage="read")
+    if plan is None:
+        try:
+            plan = plan_input(slide, settings)
+        except SlideError as exc:
+            return SlideScore(uri, None, error=str(exc), stage="read")
     for warning in plan.warnings:
         logger.warning(warning)
     if not plan.is_tiled:

@@ -211,3 +211,38 @@ def test_slide_tiles_scored_through_tf_serving(
     assert max(abs(served[k] - local[k]) for k in local) < 1e-4
     (row,) = _rows(f"{output}/results/*.jsonl")
     assert row["tiles_scored"] == len(local)
+
+
+def test_slide_judged_by_the_model_version_that_scored_its_tiles(tmp_path: Path, tiny_model):
+    """The stream's model can change mid-run: a slide takes the threshold and identity of
+    the version that scored its tiles, and tiles of two versions make an error, not a row."""
+    from model_fixtures import publish_version
+
+    from beam_jobs.slides import SlideJob, TileOutcome, _AssembleSlide
+    from histo_common.tiling import TileRegion
+    from model_export.identity import read_metadata, resolve
+
+    root = tmp_path / "histo-cnn"
+    shutil.copytree(tiny_model.version_uri, root / "1")
+    two = publish_version(root, root / "1", 2)
+    metadata = json.loads((two / "metadata.json").read_text())
+    metadata["threshold"] = 0.123
+    (two / "metadata.json").write_text(json.dumps(metadata))
+    one = resolve(str(root / "1")).identity
+    job = SlideJob(SlideSettings.from_metadata(read_metadata(one.uri)), str(tmp_path), "")
+    assemble = _AssembleSlide(job, one)
+    region = TileRegion(0, 0, 50, 50, 0, 50, 50, 50, 50)
+
+    def outcomes(*versions: tuple[int, str] | None) -> list:
+        return [(region, TileOutcome(0.5, None, *(v or (None, None)))) for v in versions]
+
+    v1, v2 = (1, one.uri), (2, str(two))
+    assert assemble._scored_by(outcomes(None, None)) == (one, job.settings)  # a fixed model
+    assert assemble._scored_by(outcomes(v1, v1)) == (one, job.settings)
+    identity, settings = assemble._scored_by(outcomes(v2, v2))
+    assert (identity.version, identity.uri, settings.threshold) == (2, str(two), 0.123)
+    assert settings.scale == job.settings.scale and settings.top_k == job.settings.top_k
+    with pytest.raises(
+        ValueError, match=r"model changed while its tiles were scored \(versions 1, 2\)"
+    ):
+        assemble._scored_by(outcomes(v1, v2))

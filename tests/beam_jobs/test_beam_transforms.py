@@ -147,6 +147,10 @@ def test_handler_picks_latest_version_or_the_one_named(two_versions: Path) -> No
     assert (named.version, named.uri) == (1, f"{two_versions}/1")
     model = HistoModelHandler(named.uri, identity=named).load_model()
     assert model.version == 1
+    # The job's steps (patches, slide tiles, Grad-CAM) share one load per version.
+    explain = HistoModelHandler(named.uri, identity=named, signature="explain")
+    assert explain.load_model() is model
+    assert HistoModelHandler(latest.uri, identity=latest).load_model().version == 2
 
 
 def test_handler_batching_and_sharing_settings() -> None:

@@ -17,6 +17,7 @@ from types import SimpleNamespace
 
 import pytest
 from model_fixtures import publish_version
+from PIL import Image
 from support import run_local_stream, wait_for
 
 from beam_jobs import dataflow_check, notifications, pubsub_emulator, stream
@@ -388,6 +389,57 @@ def test_stream_loses_no_rows_when_the_emulator_restarts(
     assert _rows(output, "errors") == []
     summary = StreamSummary.from_json((output / "stream-summary.json").read_text())
     assert (summary.results, summary.errors, summary.unreceived) == (8, 0, 0)
+
+
+@pytest.mark.slow
+def test_stream_tiles_slides_and_large_images_as_the_batch_job_does(
+    tmp_path: Path, emulator_bin: str, tiny_model, small_set: Path, loaded_tiny_model
+):
+    """An uploaded slide and a large field of view are tiled (one row with the slide
+    fields, tile rows per window, a heatmap); a truncated slide is one error row."""
+    from histo_common.results import ResultRow, TileRow
+    from histo_common.samples import generate_slide, synth_slide_image
+    from model_export.slide_scoring import SlideSettings, score_input
+
+    staging, uploads = tmp_path / "staging", tmp_path / "uploads"
+    staging.mkdir()
+    uploads.mkdir()
+    output = tmp_path / "out"
+    generate_slide(str(staging / "slide.tif"), 1024, 768, seed=3, mpp=None)
+    field_, _ = synth_slide_image(300, 200, seed=4)
+    Image.fromarray(field_).save(staging / "field.png")
+    data = (staging / "slide.tif").read_bytes()
+    (staging / "cut.tif").write_bytes(data[: len(data) // 2])
+    patch = sorted(small_set.rglob("*.png"))[0]
+    shutil.copy(patch, staging / patch.name)
+    names = ["slide.tif", "field.png", "cut.tif", patch.name]
+
+    def scenario(setup: stream.LocalSetup) -> None:
+        for name in names:  # whole files only: the watcher must never see half a slide
+            shutil.copy(staging / name, tmp_path / name)
+            (tmp_path / name).rename(uploads / name)
+
+    failures = run_local_stream(uploads, tiny_model.root_uri, output, scenario, idle_s=5)
+    assert not failures, failures
+
+    results = {Path(r["uri"]).name: ResultRow.from_dict(r) for r in _rows(output, "results")}
+    errors = {Path(r["uri"]).name: r for r in _rows(output, "errors")}
+    assert set(results) == {"slide.tif", "field.png", patch.name} and set(errors) == {"cut.tif"}
+    assert "truncated" in errors["cut.tif"]["reason"]
+    assert not results[patch.name].is_tiled
+    tiles = [TileRow.from_dict(t) for t in _rows(output, "tiles")]
+    settings = SlideSettings.from_metadata(loaded_tiny_model.metadata)
+    for name in ("slide.tif", "field.png"):
+        row, uri = results[name], str(uploads / name)
+        mine = sorted((t for t in tiles if t.uri == uri), key=lambda t: (t.y, t.x))
+        assert row.is_tiled and row.tiles_scored == len(mine) > 0
+        assert {t.model_version for t in mine} == {row.model_version} == {1}
+        alone = score_input(loaded_tiny_model, uri, loaded_tiny_model.identity, settings)
+        assert alone.row is not None
+        assert row.probability == pytest.approx(alone.row.probability, abs=1e-5)
+        assert (output / "heatmaps" / f"{name}.heatmap.png").is_file()
+    summary = StreamSummary.from_json((output / "stream-summary.json").read_text())
+    assert (summary.results, summary.errors, summary.unreceived) == (3, 1, 0)
 
 
 # ------------------------------------------------------------- dataflow-check

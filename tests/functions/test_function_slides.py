@@ -269,3 +269,24 @@ def test_predict_http_tiles_a_large_upload(make_client, tiny_model):
     assert refused.status_code == 400
     reason = refused.get_json()["error"]
     assert reason.startswith("upload:notes.svs: not a whole-slide image") and "/tmp" not in reason
+
+
+def test_the_tissue_mask_is_planned_once_per_slide(tmp_path, loaded_tiny_model, monkeypatch):
+    """The budget check and the scoring share one plan: planning is a slide's first cost."""
+    from functions.logs import StageClock
+    from functions.slide_screening import score_slide
+    from model_export import slide_scoring
+
+    calls: list[str] = []
+    plan_slide = slide_scoring.plan_slide
+
+    def counted(slide, *args, **kwargs):
+        calls.append(slide.geometry.uri)
+        return plan_slide(slide, *args, **kwargs)
+
+    monkeypatch.setattr(slide_scoring, "plan_slide", counted)
+    sample = generate_slide(str(tmp_path / "slide.tif"), 1024, 768, seed=3, mpp=None)
+    settings = FunctionSettings(model_uri="unused")
+    scored = score_slide(sample.uri, loaded_tiny_model, settings, StageClock())
+    assert scored.row.is_tiled and (scored.row.tiles_scored or 0) > 0
+    assert calls == [sample.uri]
