@@ -15,9 +15,9 @@ Model sharing: RunInference keeps one loaded model per worker process in a
 ``shared.Shared`` handle, so every DoFn thread of that process uses the same
 model; and the job's RunInference steps (patches, slide tiles, Grad-CAM of the
 top images) share one load per process and version through
-:func:`shared_model` instead of loading it once each. Sharing one copy across processes (``large_model=True``) is off by
-default: the tiny CNN loads in a second and the cross-process proxy would pickle
-every batch.
+:func:`shared_model` instead of loading it once each. Sharing one copy across
+processes (``large_model=True``) is off by default: the tiny CNN loads in a
+second and the cross-process proxy would pickle every batch.
 """
 
 from __future__ import annotations
