@@ -56,6 +56,9 @@ from model_export.identity import ModelIdentity, ModelLoadError
 
 logger = logging.getLogger(__name__)
 
+# Manifest rows the launcher looks at for a label; past them the pipeline decides.
+LABEL_PROBE_ROWS = 10_000
+
 
 def build_parser() -> argparse.ArgumentParser:
     """The job's own flags; everything else is a Beam pipeline option."""
@@ -188,11 +191,11 @@ def add_existing_scores(
 ) -> ScoreSource:
     """Read the JSON Lines result and error rows of an earlier scoring output (``--scores``).
 
-    The rows are read once, by the pipeline; at launch only the listing, the
-    summary and the manifest (to say early when nothing has a label) are read.
+    The rows are read once, by the pipeline; at launch only the summary and the
+    manifest's first rows (to say early when nothing has a label) are read.
     """
     scored_run = RunLayout(config.scores or "")
-    if not files.list_files(scored_run.results_pattern):
+    if files.first_file(scored_run.results_pattern) is None:
         raise files.InputError(f"no {scored_run.results_pattern} under --scores {config.scores}")
     try:
         scoring = summary.read_summary(scored_run.output)
@@ -200,7 +203,9 @@ def add_existing_scores(
         raise files.InputError(str(exc)) from exc
     if files.exists(scored_run.manifest):
         matched = (row["uri"] for row in files.read_json_lines(scored_run.manifest))
-        require_some_label(matched, CLASS_NAMES, labels, config.scores or "")
+        require_some_label(
+            matched, CLASS_NAMES, labels, config.scores or "", limit=LABEL_PROBE_ROWS
+        )
     rows = (
         pipeline
         | "ReadScores" >> beam.io.ReadFromText(scored_run.results_pattern)

@@ -28,10 +28,15 @@ FILE_SCHEME = "file://"
 
 @dataclass(frozen=True)
 class MatchedFile:
-    """One input file found by a pattern: its URI and size in bytes."""
+    """One input found by a pattern: its URI and size in bytes.
+
+    ``series``: the input is a DICOM WSI series, a folder of objects (its URI is
+    the folder; its size, theirs together).
+    """
 
     uri: str
     size: int
+    series: bool = False
 
 
 class InputError(ValueError):
@@ -150,12 +155,24 @@ def list_files(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+def first_file(pattern: str) -> str | None:
+    """One URI matching ``pattern`` (without listing the rest), or None."""
+    try:
+        (result,) = FileSystems.match([_beam_path(pattern)], limits=[1])
+    except BeamIOError:
+        return None
+    return result.metadata_list[0].path if result.metadata_list else None
+
+
 def read_lines(pattern: str) -> Iterator[str]:
-    """Yield the non-empty lines of every file matching ``pattern``, file by file."""
+    """Yield the non-empty lines of every file matching ``pattern``, streamed file by file."""
     for uri in list_files(pattern):
-        for line in read_file(uri).decode("utf-8").splitlines():
-            if line.strip():
-                yield line
+        path = _beam_path(uri)
+        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+            for raw in fh:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.strip():
+                    yield line
 
 
 def read_json_lines(pattern: str) -> Iterator[dict]:

@@ -221,12 +221,12 @@ def prepare_output(output: str, overwrite: bool) -> None:
         ConfigError: when ``output`` already holds results and ``overwrite`` is False.
     """
     run = RunLayout(output)
-    existing = [uri for pattern in run.row_patterns for uri in files.list_files(pattern)]
-    if not existing:
+    existing = next(filter(None, map(files.first_file, run.row_patterns)), None)
+    if existing is None:
         return
     if not overwrite:
         raise ConfigError(
-            f"{output} already holds results ({existing[0]}); choose a new --output or "
+            f"{output} already holds results ({existing}); choose a new --output or "
             "pass --overwrite"
         )
     removed = sum(files.delete_matching(p) for p in run.written_by_a_run())

@@ -216,14 +216,22 @@ def require_some_label(
     class_names: Sequence[str],
     labels: Mapping[str, LabelledImage] | None,
     source: str,
+    *,
+    limit: int | None = None,
 ) -> None:
     """Stop early, with what to do, when not one of ``uris`` has a known label.
+
+    With ``limit``, at most that many URIs are looked at (a launcher must not
+    read millions): when none of them has a label but more follow, the pipeline
+    decides.
 
     Raises:
         LabelsError: when no URI is labelled by ``labels`` or by its folder.
     """
     count = 0
     for uri in uris:
+        if limit is not None and count >= limit:
+            return
         count += 1
         if true_label(uri, class_names, labels) is not None:
             return

@@ -112,6 +112,17 @@ def test_check_inputs_needs_one_match_and_says_which_input(tmp_path) -> None:
         files.check_inputs([f"{tmp_path}/none/*", f"{tmp_path}/d/*.jpg"])
 
 
+def test_first_file_and_streamed_lines(tmp_path) -> None:
+    assert files.first_file(f"{tmp_path}/none/*.jsonl") is None
+    (tmp_path / "a-1.jsonl").write_text('{"n": 1}\n\n{"n": 2}\r\n')
+    (tmp_path / "a-2.jsonl").write_text('{"n": 3}')
+    assert files.first_file(f"{tmp_path}/a-*.jsonl") in {
+        str(tmp_path / "a-1.jsonl"),
+        str(tmp_path / "a-2.jsonl"),
+    }
+    assert [r["n"] for r in files.read_json_lines(f"{tmp_path}/a-*.jsonl")] == [1, 2, 3]
+
+
 def test_configs_refuse_bad_flags() -> None:
     model = ScoringOptions(model="m")
     with pytest.raises(ConfigError, match="--model"):

@@ -102,3 +102,9 @@ def test_require_some_label_says_what_to_do() -> None:
     labels.require_some_label(["/a/x.png", "/a/malignant/y.png"], CLASSES, None, "--input")
     with pytest.raises(labels.LabelsError, match="none of the 2 images in --input has a label"):
         labels.require_some_label(["/a/x.png", "/a/y.png"], CLASSES, None, "--input")
+    # A launcher looks at the first rows only: past them, the pipeline decides.
+    unlabelled = (f"/a/{i}.png" for i in range(1_000_000))
+    labels.require_some_label(unlabelled, CLASSES, None, "--scores", limit=100)
+    assert next(unlabelled) == "/a/101.png"  # it stopped after looking at 100 (and one more)
+    with pytest.raises(labels.LabelsError, match="none of the 2 images"):
+        labels.require_some_label(["/a/x.png", "/a/y.png"], CLASSES, None, "--input", limit=100)
