@@ -1,7 +1,8 @@
 """The first stages of the scoring job: match the input patterns, write the manifest.
 
-``MatchInputs`` turns the ``--input`` patterns into one ``MatchedFile`` per file
-(Beam's ``fileio.MatchAll``, deduplicated by URI across patterns), inside the
+``MatchInputs`` turns the ``--input`` patterns into one ``MatchedFile`` per input
+(Beam's ``fileio.MatchAll``, deduplicated by URI across patterns; the files of a
+DICOM series or a MIRAX slide make one input), inside the
 pipeline: the launcher only checks that the patterns match something
 (:func:`beam_jobs.files.check_inputs`), so its time and memory do not grow with
 the number of inputs. ``WriteManifest`` writes the matched files as
@@ -10,7 +11,7 @@ the number of inputs. ``WriteManifest`` writes the matched files as
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -19,24 +20,67 @@ from apache_beam.metrics import Metrics
 from beam_jobs import files
 from beam_jobs.model_handler import METRICS_NAMESPACE
 from histo_common.layout import RunLayout
+from histo_common.slides import MRXS_COMPANION_SUFFIXES, SERIES_MEMBER_SUFFIXES
+
+FILE, SERIES, MIRAX = "file", "series", "mirax"
 
 
-class _CountMatched(beam.DoFn):
-    """Count each distinct matched file (the ``files_matched`` counter)."""
+def input_key(uri: str) -> tuple[str, str]:
+    """The input a matched file may belong to, as ``(kind, key)``.
+
+    A slide can be many files: a DICOM WSI series is a folder of ``.dcm``
+    objects (one per level), a MIRAX ``.mrxs`` comes with a folder of the same
+    name. Matched with a ``**`` pattern, each of those files would be an input:
+    the series scored once per object, every ``.dat`` an error row. So a
+    ``.dcm`` object belongs to its folder's series, and a ``.dat``/``.ini`` file to
+    the ``.mrxs`` named after its folder (when that was matched too); every
+    other file is an input of its own.
+    """
+    folder, _, name = uri.rpartition("/")
+    lower = name.lower()
+    if lower.endswith(SERIES_MEMBER_SUFFIXES):
+        return SERIES, folder
+    if lower.endswith(".mrxs"):
+        return MIRAX, uri[: -len(".mrxs")]
+    if lower.endswith(MRXS_COMPANION_SUFFIXES):
+        return MIRAX, folder
+    return FILE, uri
+
+
+class _OneInput(beam.DoFn):
+    """The files grouped under one :func:`input_key` -> the input(s) they make.
+
+    Each file is counted once however many patterns matched it (largest size
+    kept). Counts distinct inputs as ``files_matched``.
+    """
 
     def __init__(self) -> None:
         self.matched = Metrics.counter(METRICS_NAMESPACE, "files_matched")
 
-    def process(self, uri_and_size: tuple[str, int]) -> Iterator[files.MatchedFile]:
-        uri, size = uri_and_size
-        self.matched.inc()
-        yield files.MatchedFile(uri=uri, size=size)
+    def process(
+        self, grouped: tuple[tuple[str, str], Iterable[tuple[str, int]]]
+    ) -> Iterator[files.MatchedFile]:
+        (kind, key), found = grouped
+        sizes: dict[str, int] = {}
+        for uri, size in found:
+            sizes[uri] = max(size, sizes.get(uri, 0))
+        index = [u for u in sizes if u.lower().endswith(".mrxs")]
+        if kind == SERIES:
+            inputs = [files.MatchedFile(uri=key, size=sum(sizes.values()), series=True)]
+        elif kind == MIRAX and index:
+            inputs = [files.MatchedFile(uri=index[0], size=sum(sizes.values()))]
+        else:  # a file, or companion files without their .mrxs: each its own input
+            inputs = [files.MatchedFile(uri=u, size=n) for u, n in sorted(sizes.items())]
+        for matched in inputs:
+            self.matched.inc()
+            yield matched
 
 
 class MatchInputs(beam.PTransform):
-    """Input patterns -> ``MatchedFile`` (one per distinct URI; local paths absolute).
+    """Input patterns -> ``MatchedFile`` (one per distinct input; local paths absolute).
 
-    A pattern that matches nothing adds nothing here: the launcher refuses a run
+    An input is a file, or the files of one slide (see :func:`input_key`). A
+    pattern that matches nothing adds nothing here: the launcher refuses a run
     whose patterns match no file before the pipeline starts. Folders named
     exactly by a pattern are matched (and become read errors downstream).
 
@@ -49,15 +93,15 @@ class MatchInputs(beam.PTransform):
         self.patterns = list(patterns)
 
     def expand(self, begin: beam.pvalue.PBegin) -> beam.PCollection:
-        """Match every pattern; one element per distinct file."""
+        """Match every pattern; one element per distinct input."""
         return (
             begin
             | "Patterns" >> beam.Create(self.patterns)
             | "MatchAll" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
             | "Named" >> beam.Map(files.matched_file)
-            | "ByUri" >> beam.Map(lambda m: (m.uri, m.size))
-            | "OncePerUri" >> beam.CombinePerKey(max)
-            | "CountMatched" >> beam.ParDo(_CountMatched())
+            | "ByInput" >> beam.Map(lambda m: (input_key(m.uri), (m.uri, m.size)))
+            | "GroupInputs" >> beam.GroupByKey()
+            | "OneInput" >> beam.ParDo(_OneInput())
         )
 
 

@@ -25,8 +25,8 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Iterable, Sequence
-from typing import Any
+from collections.abc import Callable, Hashable, Iterable, Sequence
+from typing import Any, Protocol, runtime_checkable
 
 from apache_beam.ml.inference.base import ModelHandler, PredictionResult
 
@@ -40,27 +40,46 @@ logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "histoscreen"
 
-# Models loaded in this process, by URI, while some step holds them.
-_LOADED: weakref.WeakValueDictionary[str, Any] = weakref.WeakValueDictionary()
+# What this process has loaded, by key, while some step holds it.
+_LOADED: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
 _LOADING = threading.Lock()
 
 
-def shared_model(model_uri: str) -> Any:
-    """The model at ``model_uri``, loaded once per process while any step holds it.
+def shared(key: Hashable, load: Callable[[], Any]) -> Any:
+    """What ``load`` gives, made once per process and ``key`` while any step holds it.
 
     Every RunInference step keeps its own model; the job's steps score with the
-    same pinned version, so the second asks here and gets the first's (a
-    SavedModel serves concurrent calls). A step loading while another does waits
-    for that load rather than starting its own.
+    same model, so the second asks here and gets the first's (a SavedModel serves
+    concurrent calls). A step loading while another does waits for that load
+    rather than starting its own.
     """
+    with _LOADING:
+        value = _LOADED.get(key)
+        if value is None:
+            value = load()
+            _LOADED[key] = value
+        return value
+
+
+def shared_model(model_uri: str) -> Any:
+    """The model at ``model_uri``, loaded once per process while any step holds it."""
     from model_export.loader import load_model
 
-    with _LOADING:
-        model = _LOADED.get(model_uri)
-        if model is None:
-            model = load_model(model_uri)
-            _LOADED[model_uri] = model
-        return model
+    return shared(("model", model_uri), lambda: load_model(model_uri))
+
+
+@runtime_checkable
+class ModelSource(Protocol):
+    """A model that follows new versions (the stream's): the one to score the next batch with."""
+
+    def current(self) -> Any:
+        """The loaded model to score the next batch with."""
+        ...
+
+
+def current_model(loaded: Any) -> Any:
+    """The model to score the next batch with: a source's current version, else ``loaded``."""
+    return loaded.current() if isinstance(loaded, ModelSource) else loaded
 
 
 class _ContractHandler(ModelHandler[CheckedImage, PredictionResult, Any]):

@@ -34,7 +34,7 @@ from __future__ import annotations
 import io
 import logging
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, NamedTuple, cast
 
 import apache_beam as beam
@@ -52,11 +52,12 @@ from apache_beam.transforms.userstate import (
 )
 
 from beam_jobs import files, stages
-from beam_jobs.model_handler import METRICS_NAMESPACE
+from beam_jobs.model_handler import METRICS_NAMESPACE, current_model
 from histo_common.errors import one_line
 from histo_common.layout import ROW_FORMATS, RunLayout
 from histo_common.results import ErrorRow, ResultRow, TileRow
-from histo_common.slides import SlideError, SlidePool, open_slide
+from histo_common.samples import encode_png
+from histo_common.slides import SlideError, SlidePool, open_slide, reader_only_png
 from histo_common.tiling import TilePlan, TileRegion, read_tiles
 from model_export import contract
 from model_export.identity import ModelIdentity, ModelLoadError
@@ -160,14 +161,6 @@ class SlideHeader(NamedTuple):
 # ------------------------------------------------------------------ planning
 
 
-def _png(pixels: np.ndarray) -> bytes:
-    from PIL import Image
-
-    out = io.BytesIO()
-    Image.fromarray(pixels).save(out, format="PNG")
-    return out.getvalue()
-
-
 def _unpng(data: bytes) -> np.ndarray:
     from PIL import Image
 
@@ -186,11 +179,14 @@ class _PlanSlide(beam.DoFn):
 
     def process(self, matched: files.MatchedFile) -> Iterator[Any]:
         uri = matched.uri
+        whole: bytes | None = None
         try:
             with open_slide(uri, max_pixels=self.settings.max_pixels) as slide:
                 plan = plan_input(slide, self.settings)
                 if plan.is_tiled:
                     thumbnail, downsample = slide.thumbnail()
+                else:
+                    whole = reader_only_png(slide)
         except SlideError as exc:
             yield self._error(ErrorRow.build(uri, str(exc), "read"))
             return
@@ -200,7 +196,7 @@ class _PlanSlide(beam.DoFn):
         for warning in plan.warnings:
             logger.warning(warning)
         if not plan.is_tiled:
-            yield from self._whole(matched)
+            yield from self._whole(matched, whole)
             return
         self.planned.inc()
         self.tiles.inc(len(plan.tiles))
@@ -219,7 +215,7 @@ class _PlanSlide(beam.DoFn):
                     uri,
                     plan.with_tiles(()).to_dict(),
                     len(plan.tiles),
-                    _png(thumbnail),
+                    encode_png(thumbnail),
                     float(downsample),
                 ),
             ),
@@ -227,12 +223,16 @@ class _PlanSlide(beam.DoFn):
         for region in plan.tiles:
             yield TileWork(uri, region)
 
-    def _whole(self, matched: files.MatchedFile) -> Iterator[Any]:
-        """A patch-sized input goes back to the patch path: read and checked as always."""
-        row = stages.too_large(matched.uri, matched.size, self.settings.max_bytes)
+    def _whole(self, matched: files.MatchedFile, data: bytes | None) -> Iterator[Any]:
+        """A patch-sized input goes back to the patch path: read and checked as always.
+
+        ``data``: its pixels as PNG when only the slide reader decodes the file (DICOM...).
+        """
+        row = None if data else stages.too_large(matched.uri, matched.size, self.settings.max_bytes)
         if row is None:
             try:
-                data = files.read_file(matched.uri)
+                if data is None:
+                    data = files.read_file(matched.uri)
             except Exception as exc:  # any storage failure is this file's error
                 row = ErrorRow.build(matched.uri, f"cannot read: {one_line(exc)}", "read")
             else:
@@ -287,9 +287,8 @@ class TileScorer:
             readable.extend(indices)
             pixels.extend(tiles)
         if readable:
-            # The stream's model follows new versions: take the current one for the batch.
-            current = getattr(self.model, "current", None)
-            model = current() if current is not None else self.model
+            # The stream's model follows new versions: one version scores the whole batch.
+            model = current_model(self.model)
             version, model_uri = getattr(model, "version", None), getattr(model, "uri", None)
             stacked = np.stack(pixels)
             probs = tile_outputs(model, contract.PREDICT_SIGNATURE, stacked)["probability"]
@@ -498,19 +497,7 @@ class _AssembleSlide(beam.DoFn):
             from model_export.identity import read_metadata
 
             metadata = read_metadata(model_uri)
-            fresh = SlideSettings.from_metadata(metadata)
-            if fresh.scale != self.job.settings.scale:
-                raise ValueError(
-                    f"model version {version} has another training scale ({fresh.scale}) "
-                    f"than the one its tiles were cut for ({self.job.settings.scale})"
-                )
-            settings = replace(
-                self.job.settings,
-                threshold=fresh.threshold,
-                positive_class=fresh.positive_class,
-                negative_class=fresh.negative_class,
-                model_input_size=fresh.model_input_size,
-            )
+            settings = self.job.settings.judged_by(metadata)
             identity = ModelIdentity(name=metadata.model_name, version=version, uri=model_uri)
             self._versions[model_uri] = (identity, settings)
         return self._versions[model_uri]

@@ -67,7 +67,7 @@ from apache_beam.utils.timestamp import Duration, Timestamp
 
 from beam_jobs import files, notifications
 from beam_jobs.config import ConfigError, ScoringOptions
-from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler
+from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, shared
 from beam_jobs.score import add_model_flags, configure_logging, options_from_args, prepare_output
 from beam_jobs.slides import TILES, slide_job
 from beam_jobs.stages import CheckedImage
@@ -228,7 +228,7 @@ def ignore_reason(note: notifications.Notification, uri: str, output: str) -> st
     if _is_under(uri, output):
         return "an output of this job"
     if not bucket_events.wants_event(note.name):
-        return "not an image by its name, hidden, or an output of the upload function"
+        return bucket_events.skip_reason(note.name) or "a hidden file"
     return None
 
 
@@ -383,8 +383,12 @@ class RefreshingModelHandler(HistoModelHandler):
         self.max_batch_duration_s = max_batch_duration_s
 
     def load_model(self) -> RefreshingModel:
-        """Load the latest version now and follow the root from then on."""
-        return RefreshingModel(self.model_uri, self.poll_s, self.refresh)
+        """Load the latest version and follow the root; one per process, for every step.
+
+        The patch and tile steps share it, so they load once and switch together.
+        """
+        key = ("refreshing", self.model_uri, self.poll_s, self.refresh)
+        return shared(key, lambda: RefreshingModel(self.model_uri, self.poll_s, self.refresh))
 
     def batch_elements_kwargs(self) -> dict[str, Any]:
         """Batch across elements, but never hold one longer than the batch duration."""

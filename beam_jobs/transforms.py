@@ -66,7 +66,9 @@ class _ReadAndCheck(beam.DoFn):
         self._bytes = 0
 
     def process(self, matched: files.MatchedFile) -> Iterator[Any]:
-        if self.scale is not None and matched.uri.lower().endswith(SLIDE_ROUTED_SUFFIXES):
+        if self.scale is not None and (
+            matched.series or matched.uri.lower().endswith(SLIDE_ROUTED_SUFFIXES)
+        ):
             yield beam.pvalue.TaggedOutput(SLIDES, matched)
             return
         row: stages.CheckedImage | ErrorRow | None = stages.too_large(

@@ -38,19 +38,22 @@ from functions.settings import FunctionSettings
 from functions.slide_screening import (
     ScoredSlide,
     SlideRefused,
-    is_multi_file_name,
-    is_slide_name,
+    beam_command,
     is_tiff_name,
-    multi_file_reason,
     needs_tiling,
     score_slide,
     score_slide_bytes,
     too_large_reason,
 )
 from histo_common import DISCLAIMER, bucket_events, storage
-from histo_common.bucket_events import is_own_output
+from histo_common.bucket_events import (
+    is_multi_file_name,
+    is_slide_name,
+    multi_file_reason,
+    skip_reason,
+)
 from histo_common.errors import one_line
-from histo_common.images import ImageError, ImageInfo, check_and_prepare, has_image_suffix
+from histo_common.images import ImageError, ImageInfo, check_and_prepare
 from histo_common.layout import error_sibling, gradcam_sibling, heatmap_sibling, prediction_sibling
 from histo_common.overlay import encode_overlay_png, load_rgb, overlay_picture
 from histo_common.results import ErrorRow, ResultRow, prediction_document
@@ -122,24 +125,6 @@ def object_uri(bucket: str, name: str, settings: FunctionSettings) -> str:
 gradcam_uri = gradcam_sibling
 prediction_uri = prediction_sibling
 error_uri = error_sibling
-
-
-def skip_reason(name: str) -> str | None:
-    """Why an object is not ours to score by its name alone, or None when it is.
-
-    Images and whole-slide files are ours (multi-file slides too, to say why they
-    are not scored here); the members of a DICOM series are not, one by one.
-    """
-    if is_own_output(name):
-        return "an output of this function"
-    if not (has_image_suffix(name) or is_slide_name(name) or is_multi_file_name(name)):
-        return "not an image or a slide by its name"
-    return None
-
-
-def wants_upload(name: str) -> bool:
-    """The watcher's filter: what :func:`skip_reason` takes, hidden files excepted."""
-    return not name.rsplit("/", 1)[-1].startswith(".") and skip_reason(name) is None
 
 
 # ------------------------------------------------------------------- scoring
@@ -349,7 +334,7 @@ def _screen(
 
     job = _Job(uri, gen, event_id, priors)
     if is_multi_file_name(name):
-        return _write_error(job, multi_file_reason(uri, settings), "check")
+        return _write_error(job, multi_file_reason(uri, beam_command(uri, settings)), "check")
     if is_slide_name(name) or (is_tiff_name(name) and current.size > settings.max_image_bytes):
         return _screen_slide(job, current.size, settings, load_model, clock)
     if current.size > settings.max_image_bytes:

@@ -32,20 +32,13 @@ from functions.settings import FunctionSettings
 from histo_common import storage
 from histo_common.overlay import overlay_png
 from histo_common.results import ResultRow
-from histo_common.slides import TIFF_SUFFIXES, WSI_SUFFIXES, SlideError, SlideGeometry, open_slide
+from histo_common.slides import TIFF_SUFFIXES, SlideError, SlideGeometry, open_slide
 from histo_common.tiling import plan_tiles
 from model_export.loader import LoadedModel
 from model_export.slide_scoring import SlideSettings, explain_tiles, plan_input, score_input
 
 logger = logging.getLogger(__name__)
 
-# Slides made of a file plus a folder of files uploaded as separate objects.
-MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu")
-# A DICOM WSI series is a folder of .dcm objects: each is an event, none a slide alone.
-SERIES_MEMBER_SUFFIXES = (".dcm",)
-SINGLE_FILE_SUFFIXES = tuple(
-    s for s in WSI_SUFFIXES if s not in MULTI_FILE_SUFFIXES + SERIES_MEMBER_SUFFIXES
-)
 TOP_TILES_LISTED = 5  # the most suspicious tiles listed in prediction.json
 BEAM_GRADCAM_TOP = 3
 
@@ -76,16 +69,6 @@ class ScoredSlide:
     document: dict[str, Any]
 
 
-def is_slide_name(name: str) -> bool:
-    """True for a whole-slide format the function receives as a single object."""
-    return name.lower().endswith(SINGLE_FILE_SUFFIXES)
-
-
-def is_multi_file_name(name: str) -> bool:
-    """True for a slide format that comes as a file plus a folder of files."""
-    return name.lower().endswith(MULTI_FILE_SUFFIXES)
-
-
 def is_tiff_name(name: str) -> bool:
     """True for ``.tif``/``.tiff``: a small patch or a pyramidal slide, by its size."""
     return name.lower().endswith(TIFF_SUFFIXES)
@@ -105,16 +88,6 @@ def beam_command(uri: str, settings: FunctionSettings) -> str:
     words = ["python", "-m", "beam_jobs.score", "--input", uri, "--model", settings.model_uri]
     words += ["--output", output, "--gradcam-top", str(BEAM_GRADCAM_TOP)]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def multi_file_reason(uri: str, settings: FunctionSettings) -> str:
-    """Why a multi-file slide is not scored on upload, and the command that scores it."""
-    return (
-        f"a {uri.rsplit('.', 1)[-1].upper()} slide is this file plus a folder of files "
-        "uploaded as separate objects; the function gets one event per object and cannot "
-        "tell when the folder is complete, so it does not score it. Once the folder is "
-        f"uploaded, score the slide with Beam: {beam_command(uri, settings)}"
-    )
 
 
 def too_large_reason(uri: str, size: int, settings: FunctionSettings) -> str:

@@ -4,7 +4,7 @@
 starts the real ``on_upload`` under functions-framework on 127.0.0.1, then polls
 the bucket (a local folder, or a ``gs://`` bucket in the storage emulator) and,
 for each new or changed image or slide (what the function would be sent:
-``functions.screening.wants_upload``), POSTs a binary-mode
+``histo_common.bucket_events.wants_event``), POSTs a binary-mode
 ``google.cloud.storage.object.v1.finalized`` CloudEvent shaped like the ones
 Cloud Storage sends. Outputs appear beside the image within a few seconds.
 
@@ -40,7 +40,6 @@ from functions.screening import (
     error_uri,
     gradcam_uri,
     prediction_uri,
-    wants_upload,
 )
 from histo_common import storage
 from histo_common.bucket_events import (
@@ -197,7 +196,7 @@ class Watcher:
 
     def __init__(self, bucket: WatchedBucket, url: str, *, settle: bool) -> None:
         self.url = url
-        self._scanner = BucketScanner(bucket, self._deliver, settle=settle, wants=wants_upload)
+        self._scanner = BucketScanner(bucket, self._deliver, settle=settle)
 
     def _deliver(self, name: str, info: storage.ObjectInfo) -> bool:
         return deliver(self.url, finalized_event(self._scanner.bucket.name, name, info))

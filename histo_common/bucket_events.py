@@ -21,6 +21,11 @@ from typing import Any
 from histo_common import storage
 from histo_common.images import has_image_suffix
 from histo_common.layout import is_output
+from histo_common.slides import (
+    MULTI_FILE_SUFFIXES,
+    SERIES_MEMBER_SUFFIXES,
+    SINGLE_FILE_SUFFIXES,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -30,10 +35,45 @@ def is_own_output(name: str) -> bool:
     return is_output(name)
 
 
+def is_slide_name(name: str) -> bool:
+    """True for a whole-slide format that arrives as a single object."""
+    return name.lower().endswith(SINGLE_FILE_SUFFIXES)
+
+
+def is_multi_file_name(name: str) -> bool:
+    """True for a slide format that comes as a file plus a folder of files."""
+    return name.lower().endswith(MULTI_FILE_SUFFIXES)
+
+
+def skip_reason(name: str) -> str | None:
+    """Why an uploaded object is not one to screen, by its name alone; None when it is.
+
+    Images and whole-slide files are (multi-file slides too, so that whoever gets
+    the event can say why it is not scored one object at a time); the members of
+    a DICOM series are not, one by one; nor the pipeline's own outputs.
+    """
+    if is_own_output(name):
+        return "an output of the pipeline"
+    if name.lower().endswith(SERIES_MEMBER_SUFFIXES):
+        return "a member of a DICOM series: score the series folder with the Beam batch job"
+    if not (has_image_suffix(name) or is_slide_name(name) or is_multi_file_name(name)):
+        return "not an image or a slide by its name"
+    return None
+
+
 def wants_event(name: str) -> bool:
-    """Cheap filter on a name: images only, no hidden files, no by-products."""
-    base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and not is_own_output(name) and has_image_suffix(name)
+    """Cheap filter on a name: what :func:`skip_reason` takes, hidden files excepted."""
+    return not name.rsplit("/", 1)[-1].startswith(".") and skip_reason(name) is None
+
+
+def multi_file_reason(uri: str, command: str) -> str:
+    """Why a multi-file slide is not scored on upload, and ``command``, which scores it."""
+    return (
+        f"a {uri.rsplit('.', 1)[-1].upper()} slide is this file plus a folder of files "
+        "uploaded as separate objects; each object is its own event and none says when the "
+        "folder is complete, so it is not scored on upload. Once the folder is uploaded, "
+        f"score the slide with Beam: {command}"
+    )
 
 
 def object_uri(bucket: str, name: str, local_root: str | None) -> str:

@@ -45,6 +45,15 @@ WSI_SUFFIXES = (".svs", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svsl
 TIFF_SUFFIXES = (".tif", ".tiff")
 PLAIN_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 SLIDE_SUFFIXES = WSI_SUFFIXES + TIFF_SUFFIXES + PLAIN_SUFFIXES
+# Slides made of a file plus a folder of files (stored as separate objects).
+MULTI_FILE_SUFFIXES = (".mrxs", ".vms", ".vmu")
+# The files of a MIRAX slide's companion folder (Slidedat.ini, Index.dat, Data*.dat).
+MRXS_COMPANION_SUFFIXES = (".dat", ".ini")
+# A DICOM WSI series is a folder of .dcm objects (one per level): none is a slide alone.
+SERIES_MEMBER_SUFFIXES = (".dcm",)
+SINGLE_FILE_SUFFIXES = tuple(
+    s for s in WSI_SUFFIXES if s not in MULTI_FILE_SUFFIXES + SERIES_MEMBER_SUFFIXES
+)
 # Glass colour used where a region reaches past the slide or is transparent.
 BACKGROUND_RGB = (255, 255, 255)
 DEFAULT_THUMBNAIL_SIDE = 1024
@@ -265,6 +274,22 @@ class PillowSlide(Slide):
         if level != 0:
             raise SlideError(f"{self.geometry.uri}: has only level 0, asked for level {level}")
         return _crop_padded(self._decoded(), int(x0), int(y0), int(width), int(height))
+
+
+def reader_only_png(slide: Slide) -> bytes | None:
+    """A small slide's level 0 as PNG when only the slide reader decodes its file, else None.
+
+    A patch-sized input is scored whole, from its bytes, like any image; Pillow
+    decodes plain images and generic TIFFs, but not DICOM, NDPI, MIRAX or SVS
+    with JPEG 2000 tiles, so those are read through OpenSlide and handed on as
+    PNG (lossless: the pixels OpenSlide decoded).
+    """
+    if isinstance(slide, PillowSlide) or slide.geometry.vendor == "generic-tiff":
+        return None
+    from histo_common.samples import encode_png
+
+    width, height = slide.geometry.dimensions
+    return encode_png(slide.read_region(0, 0, 0, width, height))
 
 
 def is_slide_uri(uri: str) -> bool:

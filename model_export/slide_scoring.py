@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -36,7 +36,13 @@ from histo_common.errors import one_line
 from histo_common.heatmap import TileBox, heatmap_title, render_slide_heatmap
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS, ImageError, check_and_prepare
 from histo_common.results import ErrorRow, Prediction, ResultRow, TileRow
-from histo_common.slides import DEFAULT_THUMBNAIL_SIDE, Slide, SlideError, open_slide
+from histo_common.slides import (
+    DEFAULT_THUMBNAIL_SIDE,
+    Slide,
+    SlideError,
+    open_slide,
+    reader_only_png,
+)
 from histo_common.tiling import (
     DEFAULT_TOP_K,
     SlideSummary,
@@ -104,16 +110,38 @@ class SlideSettings:
     @classmethod
     def from_metadata(cls, metadata: contract.ModelMetadata, **overrides: Any) -> SlideSettings:
         """Settings from a model's metadata (scale, threshold, classes), with overrides."""
-        negatives = [c for c in metadata.class_names if c != metadata.positive_class]
-        values: dict[str, Any] = {
-            "scale": metadata.training_scale(),
-            "threshold": float(metadata.threshold),
-            "positive_class": metadata.positive_class,
-            "negative_class": negatives[0],
-            "model_input_size": metadata.image_size,
-        }
+        values: dict[str, Any] = {"scale": metadata.training_scale(), **_judged_by(metadata)}
         values.update(overrides)
         return cls(**values)
+
+    def judged_by(self, metadata: contract.ModelMetadata) -> SlideSettings:
+        """These settings for another version of the model: its threshold and classes.
+
+        The job's choices (stride, tissue share, top k, limits) stay. A slide's
+        tiles were cut at this scale, so a version trained at another cannot judge
+        them.
+
+        Raises:
+            ValueError: the version was trained at another scale.
+        """
+        scale = metadata.training_scale()
+        if scale != self.scale:
+            raise ValueError(
+                f"model version {metadata.version} has another training scale ({scale}) "
+                f"than the one its tiles were cut for ({self.scale})"
+            )
+        return replace(self, **_judged_by(metadata))
+
+
+def _judged_by(metadata: contract.ModelMetadata) -> dict[str, Any]:
+    """The settings a model's metadata decides besides its scale: threshold and classes."""
+    negatives = [c for c in metadata.class_names if c != metadata.positive_class]
+    return {
+        "threshold": float(metadata.threshold),
+        "positive_class": metadata.positive_class,
+        "negative_class": negatives[0],
+        "model_input_size": metadata.image_size,
+    }
 
 
 @dataclass(frozen=True)
@@ -335,7 +363,11 @@ def _score_open(
     for warning in plan.warnings:
         logger.warning(warning)
     if not plan.is_tiled:
-        return _score_whole(model, uri, plan, identity, settings)
+        try:
+            data = reader_only_png(slide)
+        except SlideError as exc:
+            return SlideScore(uri, None, plan=plan, error=str(exc), stage="read")
+        return _score_whole(model, uri, plan, identity, settings, data)
     try:
         probabilities = tile_probabilities(model, slide, plan.tiles, settings.batch_size)
         thumbnail, downsample = slide.thumbnail(thumbnail_side)
@@ -376,10 +408,15 @@ def _score_whole(
     plan: TilePlan,
     identity: ModelIdentity,
     settings: SlideSettings,
+    data: bytes | None = None,
 ) -> SlideScore:
-    """Today's path for an input the size of a training image: its bytes, checked, scored."""
+    """Today's path for an input the size of a training image: its bytes, checked, scored.
+
+    ``data``: the input as PNG when only the slide reader decodes its file.
+    """
     try:
-        data = storage.read_bytes(uri)
+        if data is None:
+            data = storage.read_bytes(uri)
         ready, info = check_and_prepare(
             data, max_pixels=settings.max_pixels, max_bytes=settings.max_bytes
         )

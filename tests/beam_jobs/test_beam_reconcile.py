@@ -37,6 +37,33 @@ def test_match_inputs_deduplicates_across_patterns(tmp_path: Path, monkeypatch) 
         assert_that(p | MatchInputs(patterns), equal_to(expected))
 
 
+def test_the_files_of_one_slide_are_one_input(tmp_path: Path) -> None:
+    """A DICOM series (a folder of .dcm objects) and a MIRAX slide (.mrxs plus its folder)
+    matched with ``**`` are one input each, not one per file."""
+    d = tmp_path / "d"
+    series = d / "case1"
+    mirax = d / "case2"
+    for folder, names in (
+        (series, ("level0.dcm", "level1.DCM")),
+        (mirax, ("Slidedat.ini", "Index.dat", "Data0000.dat")),
+        (d / "orphan", ("Data0000.dat",)),  # no orphan.mrxs beside it: its own input
+    ):
+        folder.mkdir(parents=True)
+        for name in names:
+            (folder / name).write_bytes(b"x" * 10)
+    (d / "case2.mrxs").write_bytes(b"x" * 5)
+    (d / "a.png").write_bytes(b"x" * 3)
+    expected = [
+        files.MatchedFile(str(series), 20, series=True),
+        files.MatchedFile(str(d / "case2.mrxs"), 35),
+        files.MatchedFile(str(d / "orphan" / "Data0000.dat"), 10),
+        files.MatchedFile(str(d / "a.png"), 3),
+    ]
+    patterns = files.check_inputs([f"{d}/**", f"{series}/*.dcm"])  # matched twice: once
+    with BeamTestPipeline(runner=RUNNER) as p:
+        assert_that(p | MatchInputs(patterns), equal_to(expected))
+
+
 def test_reconcile_writes_lost_rows_and_counts(tmp_path: Path) -> None:
     output = str(tmp_path / "run")
     matched = [files.MatchedFile(f"/in/{n}.png", 1) for n in "abcd"]

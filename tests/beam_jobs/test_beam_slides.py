@@ -26,6 +26,7 @@ BAD_SLIDES = {
     "notes.svs": "not a whole-slide image",
     "case.mrxs": "companion folder",
 }
+VENDOR = Path(__file__).resolve().parents[1] / "data" / "openslide"
 MAX_PIXELS = 600_000  # flat.tif (1000x800, no pyramid) is over it; pyramids are not held to it
 
 
@@ -62,6 +63,7 @@ class SlideRun:
     slide: str
     big_png: str
     patches: list[str]
+    dicom_series: str
 
 
 @pytest.fixture(scope="module")
@@ -80,6 +82,11 @@ def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_m
     bad = root / "bad"
     bad.mkdir()
     _write_bad_slides(bad, Path(slide))
+    # A real DICOM WSI series (two objects, 16 px: scored whole through OpenSlide's pixels).
+    series = root / "dicom-case"
+    series.mkdir()
+    for name in ("boxes_0.dcm", "boxes_1.dcm"):
+        shutil.copy(VENDOR / name, series / name)
     output = tmp_path_factory.mktemp("slide-run") / "run"
     score.run(
         [
@@ -95,15 +102,17 @@ def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_m
             str(MAX_PIXELS),
         ]
     )
-    return SlideRun(output, root, slide, str(root / "field.png"), patches)
+    return SlideRun(output, root, slide, str(root / "field.png"), patches, str(series))
 
 
 def test_every_input_is_one_row(slide_run: SlideRun) -> None:
     results = {r["uri"]: r for r in _rows(f"{slide_run.output}/results/*.jsonl")}
     errors = {r["uri"]: r for r in _rows(f"{slide_run.output}/errors/*.jsonl")}
     glass = str(slide_run.inputs / "glass.tif")
-    assert set(results) == {slide_run.slide, slide_run.big_png, glass, *slide_run.patches}
+    series = slide_run.dicom_series
+    assert set(results) == {slide_run.slide, slide_run.big_png, glass, series, *slide_run.patches}
     assert set(errors) == {str(slide_run.inputs / "bad" / name) for name in BAD_SLIDES}
+    assert results[series]["image_width"] == 16  # one row for the series, none per object
     for name, word in BAD_SLIDES.items():
         reason = errors[str(slide_run.inputs / "bad" / name)]["reason"]
         assert word in reason and name in reason, reason

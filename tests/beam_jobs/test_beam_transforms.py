@@ -153,6 +153,28 @@ def test_handler_picks_latest_version_or_the_one_named(two_versions: Path) -> No
     assert HistoModelHandler(latest.uri, identity=latest).load_model().version == 2
 
 
+def test_stream_steps_share_one_refreshing_model(two_versions: Path) -> None:
+    from beam_jobs.model_handler import current_model
+    from beam_jobs.slides import TileModelHandler
+    from beam_jobs.stream import RefreshingModelHandler
+
+    def handler() -> RefreshingModelHandler:
+        identity = resolve_model(str(two_versions)).identity
+        return RefreshingModelHandler(
+            str(two_versions), identity=identity, poll_s=60, refresh=True, max_batch_duration_s=1
+        )
+
+    patches = handler().load_model()
+    tiles = TileModelHandler(handler()).load_model()
+    # One load per process: the patch and tile steps switch versions together.
+    assert tiles.model is patches
+    assert current_model(tiles.model).version == 2
+    pinned = HistoModelHandler(
+        f"{two_versions}/1", identity=resolve_model(f"{two_versions}/1").identity
+    )
+    assert current_model(pinned.load_model()).version == 1
+
+
 def test_handler_batching_and_sharing_settings() -> None:
     identity = ModelIdentity("m", 1, "/m/1")
     handler = HistoModelHandler("/m/1", identity=identity)

@@ -78,6 +78,10 @@ def test_a_bad_generation_is_refused_by_name():
         ("notes.txt", "OBJECT_FINALIZE", True),
         ("a.png.gradcam.png", "OBJECT_FINALIZE", True),
         ("out/results/x.png", "OBJECT_FINALIZE", True),
+        ("case/slide.svs", "OBJECT_FINALIZE", False),  # slides are tiled, as in batch
+        ("case/slide.mrxs", "OBJECT_FINALIZE", False),  # read once its folder is there
+        ("series/1.dcm", "OBJECT_FINALIZE", True),  # one of a DICOM series' objects
+        ("case/.upload-1.svs", "OBJECT_FINALIZE", True),
     ],
 )
 def test_ignore_reason(name: str, event: str, ignored: bool):

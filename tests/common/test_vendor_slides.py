@@ -9,7 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from histo_common.images import check_and_prepare
+from histo_common.samples import encode_png
 from histo_common.slides import SlideError, open_slide
+from model_export.scoring import score_batch
 from model_export.slide_scoring import SlideSettings, score_input
 
 VENDOR = Path(__file__).resolve().parents[1] / "data" / "openslide"
@@ -49,19 +52,31 @@ def test_corrupt_svs_is_one_error_naming_it(loaded_tiny_model) -> None:
     uri = str(VENDOR / "unreadable.svs")
     score = score_input(model, uri, model.identity, settings)
     assert score.row is None and score.uri == uri and score.stage == "read"
-    assert score.error and "decoder error" in score.error
+    # Read through OpenSlide (Pillow cannot decode every SVS): the reason names the file.
+    assert score.error and "unreadable.svs: cannot read region" in score.error
     with pytest.raises(SlideError, match=r"unreadable\.svs"), open_slide(uri) as slide:
         slide.read_region(0, 0, 0, 16, 16)
 
 
-@pytest.mark.parametrize("name", ["small.svs", "boxes.tiff"])
-def test_real_vendor_files_are_scored(loaded_tiny_model, tmp_path: Path, name: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "whole"), [("small.svs", True), ("boxes.tiff", False), ("boxes_0.dcm", True)]
+)
+def test_real_vendor_files_are_scored(loaded_tiny_model, name: str, whole: bool) -> None:
     model = loaded_tiny_model
     settings = SlideSettings.from_metadata(model.metadata)
-    # Not the 16 px DICOM series: an input that small is scored whole from its bytes
-    # through Pillow, which cannot decode DICOM (known gap: real DICOM WSIs are tiled).
     uri = str(VENDOR / name)
     score = score_input(model, uri, model.identity, settings)
     assert score.error is None and score.row is not None, score.error
     assert 0.0 <= score.row.probability <= 1.0
     assert score.row.label in model.metadata.class_names
+    assert (score.summary is None) is whole
+    if not whole:
+        return
+    # Patch-sized, so scored whole, from OpenSlide's pixels handed on as PNG (Pillow
+    # cannot decode the DICOM series, nor every SVS).
+    with open_slide(uri) as slide:
+        pixels = slide.read_region(0, 0, 0, *slide.geometry.dimensions)
+    ready, _info = check_and_prepare(encode_png(pixels))
+    (expected,) = score_batch(model, [ready], model.identity)
+    assert expected.prediction is not None
+    assert score.row.probability == pytest.approx(expected.prediction.probability, abs=1e-6)

@@ -11,7 +11,7 @@ import pytest
 from functions import screening
 from functions.package import build_zip
 from functions.settings import ConfigError, FunctionSettings
-from histo_common import storage
+from histo_common import bucket_events, storage
 
 
 def test_settings_parse_and_default():
@@ -63,11 +63,13 @@ def test_object_uri_maps_buckets_to_gcs_or_local_folders(tmp_path):
 
 
 def test_skip_rules():
-    assert screening.skip_reason("a.png") is None
-    assert screening.skip_reason("dir/a.TIFF") is None
-    assert "output" in screening.skip_reason("a.png.gradcam.png")
-    assert "output" in screening.skip_reason("a.png.error.json")
-    assert "not an image" in screening.skip_reason("a.txt")
+    assert bucket_events.skip_reason("a.png") is None
+    assert bucket_events.skip_reason("dir/a.TIFF") is None
+    assert "output" in bucket_events.skip_reason("a.png.gradcam.png")
+    assert "output" in bucket_events.skip_reason("a.png.error.json")
+    assert "not an image" in bucket_events.skip_reason("a.txt")
+    assert bucket_events.skip_reason("case/slide.SVS") is None
+    assert "DICOM series" in bucket_events.skip_reason("case/1.dcm")
 
 
 def test_source_zip_serves_the_entry_points_from_its_root(tmp_path):

@@ -15,9 +15,8 @@ import requests
 from PIL import Image
 from support import function_env
 
-from functions import screening
 from functions.settings import FunctionSettings
-from histo_common import storage
+from histo_common import bucket_events, storage
 from histo_common.samples import SlideSample, encode_png, generate_slide, synth_slide_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -191,11 +190,11 @@ def test_unreadable_slide_gets_one_error_with_a_reason(
 
 
 def test_names_the_function_takes():
-    assert screening.wants_upload("a/b.svs") and screening.wants_upload("x.ndpi")
-    assert screening.wants_upload("x.mrxs")  # to say why it is not scored here
-    assert not screening.wants_upload("series/1.dcm")
-    assert not screening.wants_upload("x.svs.heatmap.png")
-    assert not screening.wants_upload(".tmp-123.svs")
+    assert bucket_events.wants_event("a/b.svs") and bucket_events.wants_event("x.ndpi")
+    assert bucket_events.wants_event("x.mrxs")  # to say why it is not scored here
+    assert not bucket_events.wants_event("series/1.dcm")
+    assert not bucket_events.wants_event("x.svs.heatmap.png")
+    assert not bucket_events.wants_event(".tmp-123.svs")
     settings = FunctionSettings(model_uri="m", timeout_s=540, slide_tiles_per_second=100.0)
     assert settings.max_slide_tiles == 27_000
 

@@ -117,3 +117,20 @@ def test_tile_probabilities_through_bytes_only_model(loaded_tiny_model, slide_ur
     with open_slide(slide_uri) as slide:
         via_png = tile_probabilities(BytesOnly(), slide, regions)
     np.testing.assert_allclose(via_png, [t.probability for t in score.tiles[:5]], atol=1e-4)
+
+
+def test_a_new_version_judges_tiles_with_its_threshold_and_the_jobs_choices(
+    loaded_tiny_model,
+) -> None:
+    from dataclasses import replace
+
+    job = _settings(loaded_tiny_model, top_k=3, stride=24, min_tissue=0.2)
+    newer = replace(loaded_tiny_model.metadata, version=7, threshold=0.81)
+    judged = job.judged_by(newer)
+    assert judged.threshold == pytest.approx(0.81)
+    assert (judged.top_k, judged.stride, judged.min_tissue) == (3, 24, 0.2)
+    assert judged.scale == job.scale
+    # Tiles cut at one scale cannot be judged by a version trained at another.
+    other = replace(newer, native_size=[100, 100], mpp=1.0)
+    with pytest.raises(ValueError, match="model version 7 has another training scale"):
+        job.judged_by(other)
