@@ -13,6 +13,7 @@ import logging
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import BinaryIO
 
 from apache_beam.io.filesystem import BeamIOError, CompressionTypes, FileMetadata
 from apache_beam.io.filesystems import FileSystems
@@ -85,11 +86,11 @@ def check_inputs(patterns: Iterable[str]) -> list[str]:
     for pattern in patterns:
         beam_pattern = _beam_pattern(pattern)
         try:
-            (result,) = FileSystems.match([beam_pattern], limits=[1])
+            found = _first_match(beam_pattern)
         except BeamIOError as exc:
             causes = "; ".join(f"{type(e).__name__}: {e}" for e in exc.exception_details.values())
             raise InputError(f"cannot list input {pattern!r}: {causes or exc}") from exc
-        if result.metadata_list:
+        if found is not None:
             matching += 1
         else:
             logger.warning("Input %s matches no file", pattern)
@@ -119,9 +120,14 @@ def manifest_line(matched: MatchedFile) -> str:
     return json.dumps({"uri": matched.uri, "size": matched.size})
 
 
+def _open(uri: str) -> BinaryIO:
+    # Beam's file handle, without its decompression by suffix.
+    return FileSystems.open(_beam_path(uri), compression_type=CompressionTypes.UNCOMPRESSED)
+
+
 def read_file(uri: str) -> bytes:
     """Read a whole file as bytes, without Beam's decompression by suffix."""
-    with FileSystems.open(_beam_path(uri), compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+    with _open(uri) as fh:
         return fh.read()
 
 
@@ -155,20 +161,24 @@ def list_files(pattern: str) -> list[str]:
     return sorted(m.path for m in result.metadata_list)
 
 
+def _first_match(beam_pattern: str) -> str | None:
+    # One match, without listing the rest; raises BeamIOError when it cannot list.
+    (result,) = FileSystems.match([beam_pattern], limits=[1])
+    return result.metadata_list[0].path if result.metadata_list else None
+
+
 def first_file(pattern: str) -> str | None:
     """One URI matching ``pattern`` (without listing the rest), or None."""
     try:
-        (result,) = FileSystems.match([_beam_path(pattern)], limits=[1])
+        return _first_match(_beam_path(pattern))
     except BeamIOError:
         return None
-    return result.metadata_list[0].path if result.metadata_list else None
 
 
 def read_lines(pattern: str) -> Iterator[str]:
     """Yield the non-empty lines of every file matching ``pattern``, streamed file by file."""
     for uri in list_files(pattern):
-        path = _beam_path(uri)
-        with FileSystems.open(path, compression_type=CompressionTypes.UNCOMPRESSED) as fh:
+        with _open(uri) as fh:
             for raw in fh:
                 line = raw.decode("utf-8").rstrip("\r\n")
                 if line.strip():

@@ -38,8 +38,8 @@ from functions.settings import FunctionSettings
 from functions.slide_screening import (
     ScoredSlide,
     SlideRefused,
-    beam_command,
     is_tiff_name,
+    multi_file_reason,
     needs_tiling,
     score_slide,
     score_slide_bytes,
@@ -49,7 +49,6 @@ from histo_common import DISCLAIMER, bucket_events, storage
 from histo_common.bucket_events import (
     is_multi_file_name,
     is_slide_name,
-    multi_file_reason,
     skip_reason,
 )
 from histo_common.errors import one_line
@@ -334,7 +333,7 @@ def _screen(
 
     job = _Job(uri, gen, event_id, priors)
     if is_multi_file_name(name):
-        return _write_error(job, multi_file_reason(uri, beam_command(uri, settings)), "check")
+        return _write_error(job, multi_file_reason(uri, settings), "check")
     if is_slide_name(name) or (is_tiff_name(name) and current.size > settings.max_image_bytes):
         return _screen_slide(job, current.size, settings, load_model, clock)
     if current.size > settings.max_image_bytes:

@@ -90,6 +90,16 @@ def beam_command(uri: str, settings: FunctionSettings) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+def multi_file_reason(uri: str, settings: FunctionSettings) -> str:
+    """Why a multi-file slide is not scored on upload, and the Beam command that scores it."""
+    return (
+        f"a {uri.rsplit('.', 1)[-1].upper()} slide is this file plus a folder of files "
+        "uploaded as separate objects; each object is its own event and none says when the "
+        "folder is complete, so it is not scored on upload. Once the folder is uploaded, "
+        f"score the slide with Beam: {beam_command(uri, settings)}"
+    )
+
+
 def too_large_reason(uri: str, size: int, settings: FunctionSettings) -> str:
     """Why a slide over ``MAX_SLIDE_BYTES`` is not downloaded, and the command that scores it."""
     return (

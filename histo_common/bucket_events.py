@@ -66,16 +66,6 @@ def wants_event(name: str) -> bool:
     return not name.rsplit("/", 1)[-1].startswith(".") and skip_reason(name) is None
 
 
-def multi_file_reason(uri: str, command: str) -> str:
-    """Why a multi-file slide is not scored on upload, and ``command``, which scores it."""
-    return (
-        f"a {uri.rsplit('.', 1)[-1].upper()} slide is this file plus a folder of files "
-        "uploaded as separate objects; each object is its own event and none says when the "
-        "folder is complete, so it is not scored on upload. Once the folder is uploaded, "
-        f"score the slide with Beam: {command}"
-    )
-
-
 def object_uri(bucket: str, name: str, local_root: str | None) -> str:
     """Map an event's bucket and object name to a storage URI.
 
