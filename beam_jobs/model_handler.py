@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterable, Sequence
 from typing import Any, Protocol, runtime_checkable
 
@@ -40,24 +41,36 @@ logger = logging.getLogger(__name__)
 
 METRICS_NAMESPACE = "histoscreen"
 
-# What this process has loaded, by key, while some step holds it.
+# What this process has loaded, by key, while some step holds it; and the last
+# few loads held here too. A runner may set up and tear down a step's DoFn per
+# bundle (the local streaming runner does): with only weak references the model
+# was dropped between bundles and loaded again for the next one (a second or
+# more per bundle, which is what made the local stream take 14 s per file).
 _LOADED: weakref.WeakValueDictionary[Hashable, Any] = weakref.WeakValueDictionary()
+_RECENT: OrderedDict[Hashable, Any] = OrderedDict()
+KEEP_RECENT = 2  # a job uses one model (the stream: one per version); tests load many
 _LOADING = threading.Lock()
 
 
 def shared(key: Hashable, load: Callable[[], Any]) -> Any:
-    """What ``load`` gives, made once per process and ``key`` while any step holds it.
+    """What ``load`` gives, made once per process and ``key`` and kept while in use.
 
     Every RunInference step keeps its own model; the job's steps score with the
     same model, so the second asks here and gets the first's (a SavedModel serves
     concurrent calls). A step loading while another does waits for that load
-    rather than starting its own.
+    rather than starting its own. The last :data:`KEEP_RECENT` keys asked for
+    stay loaded even while no step holds them, so a runner that recreates its
+    DoFns per bundle does not reload the model per bundle.
     """
     with _LOADING:
         value = _LOADED.get(key)
         if value is None:
             value = load()
             _LOADED[key] = value
+        _RECENT[key] = value
+        _RECENT.move_to_end(key)
+        while len(_RECENT) > KEEP_RECENT:
+            _RECENT.popitem(last=False)
         return value
 
 

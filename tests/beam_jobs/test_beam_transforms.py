@@ -175,6 +175,35 @@ def test_stream_steps_share_one_refreshing_model(two_versions: Path) -> None:
     assert current_model(pinned.load_model()).version == 1
 
 
+def test_a_model_outlives_the_steps_that_held_it() -> None:
+    """A runner that recreates its DoFns per bundle must not reload the model per bundle."""
+    import gc
+
+    from beam_jobs import model_handler
+
+    class Loaded:
+        pass
+
+    loads: list[str] = []
+
+    def load(key: str) -> Loaded:
+        loads.append(key)
+        return Loaded()
+
+    held = model_handler.shared("first", lambda: load("first"))
+    assert model_handler.shared("first", lambda: load("first")) is held
+    del held  # the bundle's DoFn is torn down; nothing else holds the model
+    gc.collect()
+    model_handler.shared("first", lambda: load("first"))
+    assert loads == ["first"]
+    # Only the last few are kept: a process that went through many models lets old ones go.
+    for key in ("second", "third", "fourth"):
+        model_handler.shared(key, lambda key=key: load(key))
+    gc.collect()
+    model_handler.shared("first", lambda: load("first"))
+    assert loads == ["first", "second", "third", "fourth", "first"]
+
+
 def test_handler_batching_and_sharing_settings() -> None:
     identity = ModelIdentity("m", 1, "/m/1")
     handler = HistoModelHandler("/m/1", identity=identity)
