@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from histo_common.layout import RunLayout
 from model_export.contract import METADATA_FILE, ModelMetadata
 from model_export.identity import ModelIdentity
 
@@ -66,6 +67,8 @@ STAGED = {
 BATCH_STEPS = (
     "MatchInputs",
     "WriteManifest",
+    "DeleteOldImages",
+    "AfterOldImagesDeleted",
     "ReadImages",
     "RunInference",
     "ScoreSlides",
@@ -168,11 +171,13 @@ def build_batch() -> JobCheck:
             *DATAFLOW_ARGS,
         ]
     )
-    # The launcher's input check lists gs://; the plan it would make is named here.
+    # The launcher's input check lists gs://; the plan it would make is named here,
+    # as for a rerun with --overwrite (the old run's images deleted in the pipeline).
     plan = score.ScoringPlan(
         patterns=list(config.inputs),
         identity=IDENTITY,
         base=f"gs://{BUCKET}/images",
+        clear=tuple(RunLayout(config.output).per_input_images()),
     )
     options = score.pipeline_options(pipeline_args)
     pipeline = beam.Pipeline(options=options)

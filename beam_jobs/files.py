@@ -194,9 +194,24 @@ def read_json_lines(pattern: str) -> Iterator[dict]:
 def delete_matching(pattern: str) -> int:
     """Delete the files matching ``pattern``; return how many."""
     uris = list_files(pattern)
-    if uris:
-        FileSystems.delete(uris)
+    delete_files(uris)
     return len(uris)
+
+
+def delete_files(uris: list[str]) -> None:
+    """Delete ``uris``; one already gone (deleted by a retried bundle, say) is not an error.
+
+    Raises:
+        BeamIOError: for a file that exists and could not be deleted.
+    """
+    if not uris:
+        return
+    try:
+        FileSystems.delete(uris)
+    except BeamIOError as exc:
+        failed = {u: e for u, e in exc.exception_details.items() if FileSystems.exists(u)}
+        if failed:
+            raise BeamIOError(f"could not delete {len(failed)} files", failed) from exc
 
 
 def common_base(uris: Iterable[str]) -> str:

@@ -7,11 +7,14 @@ pipeline: the launcher only checks that the patterns match something
 (:func:`beam_jobs.files.check_inputs`), so its time and memory do not grow with
 the number of inputs. ``WriteManifest`` writes the matched files as
 ``<output>/manifest.jsonl`` (:class:`histo_common.layout.RunLayout`).
+``DeleteMatching`` clears an earlier run's per-input images (``--overwrite``)
+the same way: matched and deleted by the workers, not listed by the launcher.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -120,3 +123,46 @@ class WriteManifest(beam.PTransform):
             | "WriteManifestFile"
             >> beam.io.WriteToText(self.uri, shard_name_template="", num_shards=1)
         )
+
+
+class DeleteMatching(beam.PTransform):
+    """Patterns -> the files they match deleted by the workers; one count (for a side input).
+
+    What ``--overwrite`` does with an earlier run's Grad-CAM overlays and slide
+    heatmaps: there is one per input, so the pipeline lists and deletes them,
+    in batches, rather than the launcher. Use the count as a side input of the
+    first scoring step (:func:`after`) so nothing is written before they are gone.
+    Counts ``old_outputs_deleted``.
+    """
+
+    def __init__(self, patterns: Sequence[str]) -> None:
+        super().__init__()
+        self.patterns = list(patterns)
+
+    def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        """Match (nothing matched is fine), delete in batches of up to 1,000, sum."""
+        deleted = Metrics.counter(METRICS_NAMESPACE, "old_outputs_deleted")
+
+        def delete(uris: list[str]) -> int:
+            files.delete_files(uris)
+            deleted.inc(len(uris))
+            return len(uris)
+
+        return (
+            pbegin
+            | "Patterns" >> beam.Create(self.patterns)
+            | "Match" >> fileio.MatchAll(fileio.EmptyMatchTreatment.ALLOW)
+            | "Paths" >> beam.Map(lambda metadata: metadata.path)
+            | "Batches" >> beam.BatchElements(min_batch_size=1, max_batch_size=1000)
+            | "Delete" >> beam.Map(delete)
+            | "Count" >> beam.CombineGlobally(sum)
+        )
+
+
+def _unchanged(element: Any, _barrier: Any) -> Any:
+    return element
+
+
+def after(elements: beam.PCollection, barrier: beam.PCollection, label: str) -> beam.PCollection:
+    """``elements``, passed on only once the one-value ``barrier`` is computed."""
+    return elements | label >> beam.Map(_unchanged, beam.pvalue.AsSingleton(barrier))

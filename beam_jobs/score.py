@@ -24,7 +24,7 @@ import logging
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import apache_beam as beam
@@ -41,7 +41,7 @@ from beam_jobs.config import (
     ScoreConfig,
     ScoringOptions,
 )
-from beam_jobs.matching import MatchInputs, WriteManifest
+from beam_jobs.matching import DeleteMatching, MatchInputs, WriteManifest, after
 from beam_jobs.model_handler import METRICS_NAMESPACE, HistoModelHandler, ServingModelHandler
 from beam_jobs.slides import TILES, SlideJob, WriteTiles, slide_job
 from beam_jobs.transforms import (
@@ -214,8 +214,16 @@ def options_handler(
     )
 
 
-def prepare_output(output: str, overwrite: bool) -> None:
+def prepare_output(output: str, overwrite: bool) -> tuple[str, ...]:
     """Refuse to mix runs in one output folder, or clear the old run with ``overwrite``.
+
+    The launcher deletes the old run's row shards and documents (a number that
+    does not grow with the inputs); its per-input images (Grad-CAM overlays,
+    slide heatmaps) are left to the pipeline, which deletes them before it
+    scores (:class:`~beam_jobs.matching.DeleteMatching`).
+
+    Returns:
+        The patterns of the old run's per-input images (empty when there was no run).
 
     Raises:
         ConfigError: when ``output`` already holds results and ``overwrite`` is False.
@@ -223,14 +231,15 @@ def prepare_output(output: str, overwrite: bool) -> None:
     run = RunLayout(output)
     existing = next(filter(None, map(files.first_file, run.row_patterns)), None)
     if existing is None:
-        return
+        return ()
     if not overwrite:
         raise ConfigError(
             f"{output} already holds results ({existing}); choose a new --output or "
             "pass --overwrite"
         )
-    removed = sum(files.delete_matching(p) for p in run.written_by_a_run())
-    logger.info("Removed %d files of an earlier run under %s", removed, output)
+    removed = sum(files.delete_matching(p) for p in run.run_documents())
+    logger.info("Removed %d row files and documents of an earlier run under %s", removed, output)
+    return tuple(run.per_input_images())
 
 
 @dataclass(frozen=True)
@@ -243,6 +252,7 @@ class ScoringPlan:
     endpoint: str | None = None  # TensorFlow Serving host:port, when scoring there
     positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
     launched_at: float = field(default_factory=time.time)  # wall clock, for the summary
+    clear: tuple[str, ...] = ()  # an earlier run's per-input images, deleted before scoring
 
     @property
     def run_model(self) -> RunModel:
@@ -297,8 +307,8 @@ def start_scoring(config: ScoreConfig) -> ScoringPlan:
         config.options.model_endpoint,
         config.options.serving_model_name,
     )
-    prepare_output(config.output, config.options.overwrite)
-    return plan
+    clear = prepare_output(config.output, config.options.overwrite)
+    return replace(plan, clear=clear)
 
 
 def add_scoring(
@@ -327,8 +337,12 @@ def score_matched(
     handler = options_handler(plan.identity, options, signature)
 
     _ = matched | "WriteManifest" >> WriteManifest(config.output)
+    to_score = matched
+    if plan.clear:  # --overwrite: the old run's images go before any new one is written
+        cleared = matched.pipeline | "DeleteOldImages" >> DeleteMatching(plan.clear)
+        to_score = after(matched, cleared, "AfterOldImagesDeleted")
     # Matching ends in a grouping by URI, so the files are already spread over workers.
-    scored = matched | "ScoreInputs" >> ScoreInputs(
+    scored = to_score | "ScoreInputs" >> ScoreInputs(
         handler, plan.identity, options.max_pixels, options.max_bytes, job_slides(config, plan)
     )
     errors = scored[ERRORS]

@@ -813,7 +813,9 @@ def run(
     config, pipeline_args = parse_args(argv)
     resolve(config.model)  # a bad model fails before anything starts
     if config.options.overwrite:
-        prepare_output(config.output, overwrite=True)
+        # A stream has no "before scoring" to clear them in: its launcher deletes them.
+        for pattern in prepare_output(config.output, overwrite=True):
+            files.delete_matching(pattern)
     if config.subscription:
         return _run_pipeline(config, pipeline_args, config.subscription)
     return _run_local(config, pipeline_args, on_ready)

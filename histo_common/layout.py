@@ -233,11 +233,13 @@ class RunLayout:
 
     def written_by_a_run(self) -> list[str]:
         """Patterns of everything a run writes here (what ``--overwrite`` clears)."""
+        return [*self.run_documents(), *self.per_input_images()]
+
+    def run_documents(self) -> list[str]:
+        """Row shards and documents: a number of files that does not grow with the inputs."""
         return [
             *self.row_patterns,
             self._under(self.TILES, "*"),
-            self._under(self.HEATMAPS, "**"),
-            self._under(self.GRADCAM, "**"),
             self._under(self.PLOTS, "*"),
             self.manifest,
             self.summary,
@@ -245,6 +247,10 @@ class RunLayout:
             self.metrics,
             self.report,
         ]
+
+    def per_input_images(self) -> list[str]:
+        """Grad-CAM overlays and slide heatmaps: one file per input (or per slide)."""
+        return [self._under(self.HEATMAPS, "**"), self._under(self.GRADCAM, "**")]
 
     def resolve(self, path: str) -> str:
         """A path recorded in a document: absolute URIs as they are, relative ones here."""

@@ -114,6 +114,37 @@ def test_rerun_into_the_same_output_needs_overwrite(scored_run, tiny_model) -> N
     assert code == 2
 
 
+def test_overwrite_replaces_the_earlier_run(tmp_path, small_set, tiny_model) -> None:
+    output = tmp_path / "run"
+    earlier = [
+        "results/part-00000-of-00009.jsonl",  # another shard count: would mix with the new rows
+        "errors/part-00003-of-00009.jsonl",
+        "plots/roc.png",
+        "gradcam/gone/x.png.gradcam.png",  # images of inputs this run does not have:
+        "heatmaps/gone/slide.svs.heatmap.png",  # the pipeline deletes these
+    ]
+    for name in earlier:
+        (output / name).parent.mkdir(parents=True, exist_ok=True)
+        (output / name).write_text('{"uri": "earlier"}\n')
+    argv = ["--input", f"{small_set}/**.png", "--model", tiny_model.root_uri]
+    code = score.main([*argv, "--output", str(output), "--gradcam-top", "2", "--overwrite"])
+    assert code == 0
+    assert not [name for name in earlier if (output / name).exists()]
+    results = _rows(f"{output}/results/*.jsonl")
+    assert len(results) == 24 and "earlier" not in {r["uri"] for r in results}
+    assert len(list((output / "gradcam").rglob("*.png"))) == 2
+    summary = json.loads((output / "summary.json").read_text())
+    assert summary["complete"] is True
+    assert summary["counters"]["old_outputs_deleted"] == 2
+
+
+def test_deleting_files_already_gone_is_not_an_error(tmp_path) -> None:
+    kept = tmp_path / "a.png"
+    kept.write_bytes(b"x")
+    files.delete_files([str(kept), str(tmp_path / "gone.png")])
+    assert not kept.exists()
+
+
 def test_user_errors_exit_2_with_one_sentence(tmp_path, tiny_model, capsys) -> None:
     code = score.main(
         ["--input", f"{tmp_path}/nothing/*.png", "--model", tiny_model.root_uri, "--output", "o"]
