@@ -10,7 +10,7 @@ one error row per input, plus its tile rows and heatmap::
       tiles   -> Reshuffle (one slide's tiles spread over workers)
               -> RunInference(TileModelHandler): each worker reads regions through
                  its own SlidePool and scores them in batches (pixel signature)
-              -> (uri, tile probability) ... with the header, keyed by URI
+              -> (uri, [tile probabilities]) per slide and bundle, with the header
       slide   -> AssembleSlides (stateful: finishes a slide once all its tiles are in):
                  the slide rule -> ResultRow, TileRow's, heatmap PNG
 
@@ -50,6 +50,7 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
+from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE, current_model
@@ -348,6 +349,28 @@ def _keyed_outcome(result: PredictionResult) -> tuple[str, tuple[TileRegion, Til
     return work.uri, (work.region, cast(TileOutcome, result.inference))
 
 
+class _OutcomesBySlide(beam.DoFn):
+    """Scored tiles -> ``(uri, [(region, outcome), ...])``, one per slide, window and bundle.
+
+    The assembly keeps state per slide; handing it a bundle's tiles of a slide
+    at once costs one state update per chunk instead of several per tile.
+    """
+
+    def start_bundle(self) -> None:
+        """Start collecting this bundle's outcomes."""
+        self._chunks: dict[tuple[str, Any], list[tuple[TileRegion, TileOutcome]]] = {}
+
+    def process(self, result: PredictionResult, window_: Any = beam.DoFn.WindowParam) -> None:
+        uri, item = _keyed_outcome(result)
+        self._chunks.setdefault((uri, window_), []).append(item)
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        """One chunk per slide and window, at the window's end (as BatchElements does)."""
+        for (uri, window_), items in self._chunks.items():
+            yield WindowedValue((uri, items), window_.max_timestamp(), (window_,))
+        self._chunks = {}
+
+
 # ------------------------------------------------------------------ per slide
 
 
@@ -397,16 +420,19 @@ class _AssembleSlide(beam.DoFn):
         expiry: Any = _EXPIRY_TIMER,
     ) -> Iterator[Any]:
         uri, item = element
+        count = count_state.read() or 0
         if isinstance(item, SlideHeader):
-            header_state.write(item)
+            header = item
+            header_state.write(header)
             expiry.set(window_.max_timestamp())
         else:
-            outcome_state.add(item)
-            count_state.write((count_state.read() or 0) + 1)
-        header = header_state.read()
-        if header is None or (count_state.read() or 0) < header.tissue_tiles:
+            header = header_state.read()
+            outcome_state.add(item)  # a chunk of the slide's tiles
+            count += len(item)
+            count_state.write(count)
+        if header is None or count < header.tissue_tiles:
             return
-        outcomes = list(outcome_state.read())
+        outcomes = [outcome for chunk in outcome_state.read() for outcome in chunk]
         for state in (header_state, outcome_state, count_state):
             state.clear()
         yield from self._finish(uri, header, outcomes)
@@ -537,7 +563,7 @@ class ScoreSlides(beam.PTransform):
             planned[TILES]
             | "SpreadTiles" >> beam.Reshuffle()
             | "ScoreTiles" >> RunInference(handler)
-            | "KeyByInput" >> beam.Map(_keyed_outcome)
+            | "BySlide" >> beam.ParDo(_OutcomesBySlide())
         )
         finished = (
             (planned[HEADERS], scored_tiles)
