@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from histo_common.layout import RunLayout
 from model_export.contract import METADATA_FILE, ModelMetadata
 from model_export.identity import ModelIdentity
 
@@ -177,7 +176,7 @@ def build_batch() -> JobCheck:
         patterns=list(config.inputs),
         identity=IDENTITY,
         base=f"gs://{BUCKET}/images",
-        clear=tuple(RunLayout(config.output).per_input_images()),
+        clear_old_images=True,
     )
     options = score.pipeline_options(pipeline_args)
     pipeline = beam.Pipeline(options=options)

@@ -214,7 +214,7 @@ def options_handler(
     )
 
 
-def prepare_output(output: str, overwrite: bool) -> tuple[str, ...]:
+def prepare_output(output: str, overwrite: bool) -> bool:
     """Refuse to mix runs in one output folder, or clear the old run with ``overwrite``.
 
     The launcher deletes the old run's row shards and documents (a number that
@@ -223,7 +223,8 @@ def prepare_output(output: str, overwrite: bool) -> tuple[str, ...]:
     scores (:class:`~beam_jobs.matching.DeleteMatching`).
 
     Returns:
-        The patterns of the old run's per-input images (empty when there was no run).
+        True when an earlier run was found, whose images
+        (:meth:`~histo_common.layout.RunLayout.per_input_images`) are left to delete.
 
     Raises:
         ConfigError: when ``output`` already holds results and ``overwrite`` is False.
@@ -231,7 +232,7 @@ def prepare_output(output: str, overwrite: bool) -> tuple[str, ...]:
     run = RunLayout(output)
     existing = next(filter(None, map(files.first_file, run.row_patterns)), None)
     if existing is None:
-        return ()
+        return False
     if not overwrite:
         raise ConfigError(
             f"{output} already holds results ({existing}); choose a new --output or "
@@ -239,7 +240,7 @@ def prepare_output(output: str, overwrite: bool) -> tuple[str, ...]:
         )
     removed = sum(files.delete_matching(p) for p in run.run_documents())
     logger.info("Removed %d row files and documents of an earlier run under %s", removed, output)
-    return tuple(run.per_input_images())
+    return True
 
 
 @dataclass(frozen=True)
@@ -252,7 +253,7 @@ class ScoringPlan:
     endpoint: str | None = None  # TensorFlow Serving host:port, when scoring there
     positive_class: str = contract.DEFAULT_POSITIVE_CLASS  # of the model's probability
     launched_at: float = field(default_factory=time.time)  # wall clock, for the summary
-    clear: tuple[str, ...] = ()  # an earlier run's per-input images, deleted before scoring
+    clear_old_images: bool = False  # --overwrite found a run: its images go before scoring
 
     @property
     def run_model(self) -> RunModel:
@@ -307,8 +308,8 @@ def start_scoring(config: ScoreConfig) -> ScoringPlan:
         config.options.model_endpoint,
         config.options.serving_model_name,
     )
-    clear = prepare_output(config.output, config.options.overwrite)
-    return replace(plan, clear=clear)
+    had_run = prepare_output(config.output, config.options.overwrite)
+    return replace(plan, clear_old_images=had_run)
 
 
 def add_scoring(
@@ -338,8 +339,9 @@ def score_matched(
 
     _ = matched | "WriteManifest" >> WriteManifest(config.output)
     to_score = matched
-    if plan.clear:  # --overwrite: the old run's images go before any new one is written
-        cleared = matched.pipeline | "DeleteOldImages" >> DeleteMatching(plan.clear)
+    if plan.clear_old_images:  # --overwrite: the old run's images go before any new one
+        old_images = RunLayout(config.output).per_input_images()
+        cleared = matched.pipeline | "DeleteOldImages" >> DeleteMatching(old_images)
         to_score = after(matched, cleared, "AfterOldImagesDeleted")
     # Matching ends in a grouping by URI, so the files are already spread over workers.
     scored = to_score | "ScoreInputs" >> ScoreInputs(

@@ -812,9 +812,9 @@ def run(
     """
     config, pipeline_args = parse_args(argv)
     resolve(config.model)  # a bad model fails before anything starts
-    if config.options.overwrite:
-        # A stream has no "before scoring" to clear them in: its launcher deletes them.
-        for pattern in prepare_output(config.output, overwrite=True):
+    # A stream has no "before scoring" to clear the old run's images in: its launcher does.
+    if config.options.overwrite and prepare_output(config.output, overwrite=True):
+        for pattern in RunLayout(config.output).per_input_images():
             files.delete_matching(pattern)
     if config.subscription:
         return _run_pipeline(config, pipeline_args, config.subscription)
