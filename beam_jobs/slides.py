@@ -6,11 +6,13 @@ tiling rule's whole size) and gives one result row (with the slide fields) or
 one error row per input, plus its tile rows and heatmap::
 
     slide URIs -> PlanSlides (one worker opens the slide, applies the tiling rule and
-                  the tissue mask: a header + one work item per tissue tile)
-      tiles   -> Reshuffle (one slide's tiles spread over workers)
-              -> RunInference(TileModelHandler): each worker reads regions through
-                 its own SlidePool and scores them in batches (pixel signature)
-              -> (uri, [tile probabilities]) per slide and bundle, with the header
+                  the tissue mask: a header + one work item per ``batch_size``
+                  neighbouring tissue tiles, row-major)
+      tiles   -> Reshuffle (one slide's work items spread over workers)
+              -> RunInference(TileModelHandler): each worker reads a work item's
+                 regions through its own SlidePool and scores them in one call
+                 (pixel signature)
+              -> (uri, [(region, tile outcome)]) per work item, with the header
       slide   -> AssembleSlides (stateful: finishes a slide once all its tiles are in):
                  the slide rule -> ResultRow, TileRow's, heatmap PNG
 
@@ -50,7 +52,6 @@ from apache_beam.transforms.userstate import (
     TimerSpec,
     on_timer,
 )
-from apache_beam.utils.windowed_value import WindowedValue
 
 from beam_jobs import files, stages
 from beam_jobs.model_handler import METRICS_NAMESPACE, current_model
@@ -129,10 +130,15 @@ def slide_job(
 
 
 class TileWork(NamedTuple):
-    """One tile to score: the input's URI and the region (a Beam work item)."""
+    """Tiles to score in one model call: the input's URI and neighbouring regions.
+
+    A work item holds a batch of tiles rather than one, so that the runner's cost
+    per element (shuffling, batching, bookkeeping) is paid once per model call,
+    not once per tile: a slide of 10^5 tiles is still some 800 items to spread.
+    """
 
     uri: str
-    region: TileRegion
+    regions: tuple[TileRegion, ...]
 
 
 class TileOutcome(NamedTuple):
@@ -221,8 +227,9 @@ class _PlanSlide(beam.DoFn):
                 ),
             ),
         )
-        for region in plan.tiles:
-            yield TileWork(uri, region)
+        size = self.settings.batch_size
+        for start in range(0, len(plan.tiles), size):
+            yield TileWork(uri, tuple(plan.tiles[start : start + size]))
 
     def _whole(self, matched: files.MatchedFile, data: bytes | None) -> Iterator[Any]:
         """A patch-sized input goes back to the patch path: read and checked as always.
@@ -265,37 +272,35 @@ class TileScorer:
         self.model = model
         self.pool = pool
 
-    def score(self, batch: Sequence[TileWork]) -> list[TileOutcome]:
-        """Read and score a batch of tiles (of one or several slides) in one model call.
+    def score(self, batch: Sequence[TileWork]) -> list[list[TileOutcome]]:
+        """Read and score work items (of one or several slides) in one model call.
 
-        A slide or region that cannot be read gives outcomes with the reason for its
-        tiles; a failing model raises (the runner retries the bundle).
+        Returns each item's outcomes, one per region, in order. A slide or region
+        that cannot be read gives its item's tiles outcomes with the reason; a
+        failing model raises (the runner retries the bundle).
         """
-        outcomes: list[TileOutcome | None] = [None] * len(batch)
+        outcomes: list[list[TileOutcome]] = [[] for _ in batch]
         readable: list[int] = []
         pixels: list[np.ndarray] = []
-        by_uri: dict[str, list[int]] = {}
         for i, work in enumerate(batch):
-            by_uri.setdefault(work.uri, []).append(i)
-        for uri, indices in by_uri.items():
             try:
-                slide = self.pool.get(uri)
-                tiles = read_tiles(slide, [batch[i].region for i in indices])
+                pixels.append(read_tiles(self.pool.get(work.uri), work.regions))
             except SlideError as exc:
-                for i in indices:
-                    outcomes[i] = TileOutcome(None, str(exc))
+                outcomes[i] = [TileOutcome(None, str(exc))] * len(work.regions)
                 continue
-            readable.extend(indices)
-            pixels.extend(tiles)
+            readable.append(i)
         if readable:
             # The stream's model follows new versions: one version scores the whole batch.
             model = current_model(self.model)
             version, model_uri = getattr(model, "version", None), getattr(model, "uri", None)
-            stacked = np.stack(pixels)
-            probs = tile_outputs(model, contract.PREDICT_SIGNATURE, stacked)["probability"]
-            for i, p in zip(readable, probs, strict=True):
-                outcomes[i] = TileOutcome(float(p), None, version, model_uri)
-        return [o if o is not None else TileOutcome(None, "tile lost") for o in outcomes]
+            stacked = np.concatenate(pixels)
+            probs = iter(tile_outputs(model, contract.PREDICT_SIGNATURE, stacked)["probability"])
+            for i in readable:
+                outcomes[i] = [
+                    TileOutcome(float(next(probs)), None, version, model_uri)
+                    for _region in batch[i].regions
+                ]
+        return outcomes
 
 
 class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
@@ -308,10 +313,11 @@ class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
     """
 
     def __init__(self, inner: Any, max_open: int = DEFAULT_OPEN_SLIDES, **open_kwargs: Any) -> None:
-        kwargs = dict(getattr(inner, "_batching_kwargs", {}))
+        # A work item is already a batch of tiles (the slide settings' batch_size): one
+        # item per model call.
         super().__init__(
-            min_batch_size=kwargs.get("min_batch_size"),
-            max_batch_size=kwargs.get("max_batch_size"),
+            min_batch_size=1,
+            max_batch_size=1,
             large_model=bool(getattr(inner, "_large_model", False)),
         )
         self.inner = inner
@@ -328,7 +334,7 @@ class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
         model: TileScorer,
         inference_args: dict[str, Any] | None = None,
     ) -> Iterable[PredictionResult]:
-        """Score one batch of tiles; one outcome per tile, in order."""
+        """Score one batch of work items; one result per item: its tiles' outcomes, in order."""
         return [
             PredictionResult(work, outcome)
             for work, outcome in zip(batch, model.score(batch), strict=True)
@@ -336,39 +342,18 @@ class TileModelHandler(ModelHandler[TileWork, PredictionResult, TileScorer]):
 
     def get_num_bytes(self, batch: Sequence[TileWork]) -> int:
         """Pixels read for the batch (Beam's ``num_bytes`` metric)."""
-        return sum(w.region.read_width * w.region.read_height * 3 for w in batch)
+        return sum(r.read_width * r.read_height * 3 for w in batch for r in w.regions)
 
     def get_metrics_namespace(self) -> str:
         """Namespace of RunInference's own metrics."""
         return METRICS_NAMESPACE
 
 
-def _keyed_outcome(result: PredictionResult) -> tuple[str, tuple[TileRegion, TileOutcome]]:
-    """(uri, (region, outcome)): positions and probabilities only, never pixels."""
+def _scored_tiles(result: PredictionResult) -> tuple[str, list[tuple[TileRegion, TileOutcome]]]:
+    """(uri, [(region, outcome), ...]) of a work item: positions and probabilities, no pixels."""
     work = cast(TileWork, result.example)  # PredictionResult's fields are generic
-    return work.uri, (work.region, cast(TileOutcome, result.inference))
-
-
-class _OutcomesBySlide(beam.DoFn):
-    """Scored tiles -> ``(uri, [(region, outcome), ...])``, one per slide, window and bundle.
-
-    The assembly keeps state per slide; handing it a bundle's tiles of a slide
-    at once costs one state update per chunk instead of several per tile.
-    """
-
-    def start_bundle(self) -> None:
-        """Start collecting this bundle's outcomes."""
-        self._chunks: dict[tuple[str, Any], list[tuple[TileRegion, TileOutcome]]] = {}
-
-    def process(self, result: PredictionResult, window_: Any = beam.DoFn.WindowParam) -> None:
-        uri, item = _keyed_outcome(result)
-        self._chunks.setdefault((uri, window_), []).append(item)
-
-    def finish_bundle(self) -> Iterator[WindowedValue]:
-        """One chunk per slide and window, at the window's end (as BatchElements does)."""
-        for (uri, window_), items in self._chunks.items():
-            yield WindowedValue((uri, items), window_.max_timestamp(), (window_,))
-        self._chunks = {}
+    outcomes = cast(list[TileOutcome], result.inference)
+    return work.uri, list(zip(work.regions, outcomes, strict=True))
 
 
 # ------------------------------------------------------------------ per slide
@@ -427,7 +412,7 @@ class _AssembleSlide(beam.DoFn):
             expiry.set(window_.max_timestamp())
         else:
             header = header_state.read()
-            outcome_state.add(item)  # a chunk of the slide's tiles
+            outcome_state.add(item)  # a work item's tiles
             count += len(item)
             count_state.write(count)
         if header is None or count < header.tissue_tiles:
@@ -563,7 +548,7 @@ class ScoreSlides(beam.PTransform):
             planned[TILES]
             | "SpreadTiles" >> beam.Reshuffle()
             | "ScoreTiles" >> RunInference(handler)
-            | "BySlide" >> beam.ParDo(_OutcomesBySlide())
+            | "BySlide" >> beam.Map(_scored_tiles)
         )
         finished = (
             (planned[HEADERS], scored_tiles)

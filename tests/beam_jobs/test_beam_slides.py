@@ -255,3 +255,34 @@ def test_slide_judged_by_the_model_version_that_scored_its_tiles(tmp_path: Path,
         ValueError, match=r"model changed while its tiles were scored \(versions 1, 2\)"
     ):
         assemble._scored_by(outcomes(v1, v2))
+
+
+def test_work_items_score_like_the_loop_and_unreadable_ones_say_why(
+    tmp_path: Path, loaded_tiny_model
+) -> None:
+    """A batch of work items (several tiles each) of a good and an unreadable slide."""
+    from beam_jobs.slides import TileScorer, TileWork
+    from histo_common.slides import SlidePool, open_slide
+    from histo_common.tiling import TileRegion
+    from model_export.slide_scoring import plan_input, tile_probabilities
+
+    model = loaded_tiny_model
+    settings = SlideSettings.from_metadata(model.metadata)
+    uri = generate_slide(str(tmp_path / "slide.tif"), 1024, 768, seed=3, mpp=None).uri
+    with open_slide(uri) as slide:
+        regions = plan_input(slide, settings).tiles
+        expected = tile_probabilities(model, slide, regions, settings.batch_size)
+    assert len(regions) > 5
+    corrupt = str(VENDOR / "unreadable.svs")
+    region = TileRegion(0, 0, 16, 16, 0, 16, 16, 16, 16)
+    scorer = TileScorer(model, SlidePool(2))
+    items = [
+        TileWork(uri, tuple(regions[:3])),
+        TileWork(corrupt, (region, region)),
+        TileWork(uri, tuple(regions[3:])),
+    ]
+    outcomes = scorer.score(items)
+    assert [len(o) for o in outcomes] == [3, 2, len(regions) - 3]
+    scored = [o.probability for o in outcomes[0] + outcomes[2]]
+    np.testing.assert_allclose(scored, expected, atol=1e-5)  # same tiles, same order
+    assert all(o.probability is None and "unreadable.svs" in (o.error or "") for o in outcomes[1])
