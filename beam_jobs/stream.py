@@ -559,7 +559,11 @@ def add_streaming(
             _ = written | f"Count{name}Written" >> beam.ParDo(_CountWritten(run_id, folder, kind))
     if TILES in scored:
         folder = files.join(config.output, RunLayout.TILES)
-        _ = scored[TILES] | "WriteTiles" >> WriteWindowedRows(folder)
+        _ = (
+            scored[TILES]
+            | "TileRows" >> beam.FlatMap(lambda rows: rows)  # lists of rows, per slide
+            | "WriteTiles" >> WriteWindowedRows(folder)
+        )
     return {"results": scored["results"], ERRORS: errors}
 
 
