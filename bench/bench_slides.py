@@ -24,6 +24,12 @@ load included). Writes
 ``bench/results/slides.json``::
 
     .venv/bin/python bench/bench_slides.py --width 4096 --height 3072
+
+The Beam job pays a fixed cost the warm loop does not (launch, planning, the
+TensorFlow import and model load: seconds), so its ratio grows with the slide;
+slides of whole-slide size (``--width 16384 --height 12288``: 16,012 and 64,023
+tissue tiles, about 10 minutes with the slides' writing) give
+``bench/results/slides_large.json`` (copied there by hand).
 """
 
 from __future__ import annotations

@@ -148,6 +148,14 @@ RECIPES: dict[str, Recipe] = {
     "mobilenet96": Recipe(
         {**_MOBILENET, "image_size": 96}, about="MobileNetV2 (ImageNet, frozen) at 96 px"
     ),
+    "mobilenet96_final1": Recipe(
+        {**_MOBILENET, "image_size": 96, "final_models": 1},
+        about="mobilenet96, fold models for the threshold, 1 model on all patients exported",
+    ),
+    "mobilenet96_ft": Recipe(
+        {**_MOBILENET, "image_size": 96, "fine_tune_epochs": 3},
+        about="mobilenet96, then 3 epochs fine-tuning the last 30 layers",
+    ),
     # Fields of view (BreakHis): the size comes from the images (224 px for MobileNetV2).
     "mobilenet_auto": Recipe(_MOBILENET, about="MobileNetV2, input size from the images"),
     "mobilenet_auto_ft": Recipe(
