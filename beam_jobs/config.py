@@ -18,6 +18,7 @@ from evaluation.outputs import EvaluationSettings
 from histo_common.images import DEFAULT_MAX_BYTES, DEFAULT_MAX_PIXELS
 from histo_common.layout import ROW_FORMATS
 from model_export.contract import DEFAULT_MODEL_NAME, MODEL_NAME_RE
+from model_export.slide_scoring import DEFAULT_TILE_BATCH
 
 RESULT_FORMATS = tuple(ROW_FORMATS)
 DEFAULT_FORMATS = RESULT_FORMATS
@@ -100,6 +101,7 @@ class ScoreConfig:
         num_shards: output shards (0: the runner decides).
         tile_stride: distance between tile origins of large inputs, in training-scale
             pixels (None: the tile size, no overlap).
+        tile_batch: tiles of a large input per work item and model call.
     """
 
     inputs: tuple[str, ...]
@@ -110,6 +112,7 @@ class ScoreConfig:
     formats: tuple[str, ...] = DEFAULT_FORMATS
     num_shards: int = 0
     tile_stride: int | None = None
+    tile_batch: int = DEFAULT_TILE_BATCH
 
     def __post_init__(self) -> None:
         if not self.inputs or any(not p.strip() for p in self.inputs):
@@ -129,6 +132,8 @@ class ScoreConfig:
             raise ConfigError("--num-shards must be 0 (runner decides) or more")
         if self.tile_stride is not None and self.tile_stride < 1:
             raise ConfigError(f"--tile-stride must be at least 1 pixel, got {self.tile_stride}")
+        if self.tile_batch < 1:
+            raise ConfigError(f"--tile-batch must be at least 1 tile, got {self.tile_batch}")
 
 
 @dataclass(frozen=True)

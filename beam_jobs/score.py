@@ -58,6 +58,7 @@ from histo_common.layout import RunLayout, RunModel, Summary
 from model_export import contract
 from model_export import identity as model_identity
 from model_export.identity import ModelIdentity, ModelLoadError
+from model_export.slide_scoring import DEFAULT_TILE_BATCH
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="large inputs: pixels between tile origins at the training scale "
         "(default: the tile size, no overlap)",
     )
+    parser.add_argument(
+        "--tile-batch",
+        type=int,
+        default=DEFAULT_TILE_BATCH,
+        help="large inputs: tiles per work item and model call (default %(default)s)",
+    )
     return parser
 
 
@@ -174,6 +181,7 @@ def parse_args(argv: Sequence[str] | None) -> tuple[ScoreConfig, list[str]]:
         formats=tuple(f.strip() for f in args.formats.split(",") if f.strip()),
         num_shards=args.num_shards,
         tile_stride=args.tile_stride,
+        tile_batch=args.tile_batch,
     )
     return config, pipeline_args
 
@@ -398,6 +406,7 @@ def job_slides(config: ScoreConfig, plan: ScoringPlan) -> SlideJob | None:
         output=config.output,
         base=plan.base,
         stride=config.tile_stride,
+        batch_size=config.tile_batch,
         max_pixels=config.options.max_pixels,
         max_bytes=config.options.max_bytes,
     )

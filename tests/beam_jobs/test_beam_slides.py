@@ -28,6 +28,7 @@ BAD_SLIDES = {
 }
 VENDOR = Path(__file__).resolve().parents[1] / "data" / "openslide"
 MAX_PIXELS = 600_000  # flat.tif (1000x800, no pyramid) is over it; pyramids are not held to it
+TILE_BATCH = 7  # tiles per work item: several items per slide, the last one short
 
 
 def _rows(pattern: str) -> list[dict]:
@@ -100,6 +101,8 @@ def slide_run(tmp_path_factory: pytest.TempPathFactory, sample_dir: Path, tiny_m
             "jsonl,parquet",
             "--max-pixels",
             str(MAX_PIXELS),
+            "--tile-batch",
+            str(TILE_BATCH),
         ]
     )
     return SlideRun(output, root, slide, str(root / "field.png"), patches, str(series))
@@ -118,6 +121,11 @@ def test_every_input_is_one_row(slide_run: SlideRun) -> None:
         assert word in reason and name in reason, reason
     summary = json.loads((slide_run.output / "summary.json").read_text())
     assert summary["matched"] == len(results) + len(errors)
+    # One model call per work item of --tile-batch tiles (patches add their own calls).
+    tiled = [results[uri]["tiles_scored"] for uri in (slide_run.slide, slide_run.big_png)]
+    assert all(n > TILE_BATCH for n in tiled) and sum(n % TILE_BATCH for n in tiled) > 0
+    items = sum(-(-n // TILE_BATCH) for n in tiled)
+    assert items <= summary["counters"]["num_inferences"] <= items + len(slide_run.patches) + 1
 
 
 def test_patches_keep_todays_rows(slide_run: SlideRun, loaded_tiny_model) -> None:

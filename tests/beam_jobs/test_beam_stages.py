@@ -131,6 +131,10 @@ def test_configs_refuse_bad_flags() -> None:
         ScoreConfig(inputs=("a",), output="o", options=model, gradcam=True, gradcam_top=0)
     with pytest.raises(ConfigError, match="--formats"):
         ScoreConfig(inputs=("a",), output="o", options=model, formats=("xml",))
+    with pytest.raises(ConfigError, match="--tile-stride"):
+        ScoreConfig(inputs=("a",), output="o", options=model, tile_stride=0)
+    with pytest.raises(ConfigError, match="--tile-batch"):
+        ScoreConfig(inputs=("a",), output="o", options=model, tile_batch=0)
     assert ScoreConfig(inputs=("a",), output="o", options=model, formats=("csv",)).formats[0] == (
         "jsonl"
     )
