@@ -58,6 +58,7 @@ import histo_common.tensorflow_env  # noqa: E402, F401  (sets up TensorFlow firs
 SHARED = Path(os.environ.get("HISTO_SHARED_DIR") or REPO.parent / "shared")
 WEIGHTS = SHARED / "weights"
 MOBILENET_035 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.35_224_no_top.h5"
+MOBILENET_050 = WEIGHTS / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_0.5_224_no_top.h5"
 RESULTS = REPO / "bench" / "results" / "training"
 BASELINE = "original_cnn"
 METRICS = ("roc_auc", "balanced_accuracy", "f1")
@@ -155,6 +156,13 @@ RECIPES: dict[str, Recipe] = {
     "mobilenet96_ft": Recipe(
         {**_MOBILENET, "image_size": 96, "fine_tune_epochs": 3},
         about="mobilenet96, then 3 epochs fine-tuning the last 30 layers",
+    ),
+    "mobilenet96_a050": Recipe(
+        {"architecture": "mobilenet_v2", "weights": str(MOBILENET_050), "image_size": 96},
+        about="mobilenet96 with the wider MobileNetV2 (alpha 0.5)",
+    ),
+    "mobilenet128": Recipe(
+        {**_MOBILENET, "image_size": 128}, about="MobileNetV2 (ImageNet, frozen) at 128 px"
     ),
     # Fields of view (BreakHis): the size comes from the images (224 px for MobileNetV2).
     "mobilenet_auto": Recipe(_MOBILENET, about="MobileNetV2, input size from the images"),
