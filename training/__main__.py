@@ -66,6 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--fine-tune-layers", type=int, help="how many top layers of MobileNetV2 to unfreeze"
     )
+    p.add_argument(
+        "--mobilenet-layer",
+        help="the MobileNetV2 layer that feeds the head, e.g. block_6_project_BN (default: "
+        "its last, out_relu)",
+    )
     p.add_argument("--epochs", type=int, help=f"maximum epochs (default {_DEFAULTS['epochs']})")
     p.add_argument("--learning-rate", type=float, help=f"default {_DEFAULTS['learning_rate']}")
     p.add_argument("--batch-size", type=int, help=f"default {_DEFAULTS['batch_size']}")

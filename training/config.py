@@ -105,6 +105,9 @@ class TrainConfig:
     alpha: float | None = None
     fine_tune_epochs: int = 0
     fine_tune_layers: int = 30
+    # The MobileNetV2 layer whose output feeds the head (e.g. "block_6_project_BN"):
+    # a shallower, faster network; None: the whole base ("out_relu").
+    mobilenet_layer: str | None = None
     augmentation: Augmentation = field(default_factory=Augmentation)
     skip_bad_images: bool = False
     # Microns per pixel of the training images, when known: recorded in the model's
@@ -173,6 +176,10 @@ class TrainConfig:
         if self.mpp is not None and not 0.0 < self.mpp <= 100.0:
             raise ConfigError(
                 f"mpp must be microns per pixel in (0, 100] (e.g. 0.25 at 40x), got {self.mpp}"
+            )
+        if self.mobilenet_layer is not None and self.architecture != MOBILENET_V2:
+            raise ConfigError(
+                f"mobilenet_layer {self.mobilenet_layer!r} needs architecture {MOBILENET_V2!r}"
             )
         if self.fine_tune_epochs < 0 or self.fine_tune_layers < 0:
             raise ConfigError("fine_tune_epochs and fine_tune_layers must be >= 0")

@@ -110,6 +110,7 @@ def build_mobilenet_v2(
     l2: float = 1e-4,
     dense_units: int = 128,
     normaliser: layers.Layer | None = None,
+    feature_layer: str | None = None,
 ) -> keras.Model:
     """MobileNetV2 (a nested model, frozen at first) with GAP -> Dense -> Dropout -> logits.
 
@@ -122,6 +123,11 @@ def build_mobilenet_v2(
         l2: L2 weight on the dense layer's kernel (0 for none).
         dense_units: width of the dense layer.
         normaliser: a layer applied to the RGB input first (e.g. stain normalisation).
+        feature_layer: the base's layer whose output feeds the head (the base is cut
+            there: fewer blocks, finer Grad-CAM); None: the whole base.
+
+    Raises:
+        ValueError: when the base has no layer ``feature_layer``.
     """
     inputs = keras.Input((image_size, image_size, 3), name="image")
     base = keras.applications.MobileNetV2(
@@ -130,6 +136,14 @@ def build_mobilenet_v2(
         include_top=False,
         weights=weights,
     )
+    if feature_layer is not None:
+        names = [layer.name for layer in base.layers]
+        if feature_layer not in names:
+            raise ValueError(
+                f"MobileNetV2 has no layer {feature_layer!r}; its block outputs are named "
+                "like block_6_project_BN or block_12_add"
+            )
+        base = keras.Model(base.input, base.get_layer(feature_layer).output, name=base.name)
     base.trainable = False
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(_normalised(inputs, normaliser))
     x = base(x, training=False)

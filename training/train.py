@@ -117,6 +117,7 @@ def build_model(
                 dropout=config.dropout,
                 l2=config.l2,
                 normaliser=normaliser,
+                feature_layer=config.mobilenet_layer,
             )
         except Exception as exc:
             if weights == "imagenet":

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -151,6 +152,23 @@ def test_transfer_learning_weights_errors(tmp_path: Path, monkeypatch) -> None:
             ),
             2,
         )
+
+
+def test_mobilenet_layer_cuts_the_base_and_a_wrong_name_is_refused() -> None:
+    from training.__main__ import config_from_args
+    from training.train import TrainingError, build_model
+
+    flags = ["--data", "d", "--output", "o", "--architecture", "mobilenet_v2"]
+    flags += ["--image-size", "64", "--mobilenet-layer", "block_6_project_BN"]
+    config = config_from_args(flags)
+    backbone = build_model(config, 2).get_layer("backbone")
+    assert tuple(backbone.output.shape[1:]) == (4, 4, 24)  # stride 16, not the whole base's 32
+    whole = build_model(replace(config, mobilenet_layer=None), 2)
+    assert tuple(whole.get_layer("backbone").output.shape[1:]) == (2, 2, 1280)
+    with pytest.raises(TrainingError, match="no layer 'block_99_add'"):
+        build_model(replace(config, mobilenet_layer="block_99_add"), 2)
+    with pytest.raises(ConfigError, match="mobilenet_layer 'block_6_add' needs architecture"):
+        TrainConfig(data="d", output="o", mobilenet_layer="block_6_add")
 
 
 def test_alpha_is_read_from_weights_file_name() -> None:
