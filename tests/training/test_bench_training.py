@@ -82,6 +82,32 @@ def test_image_split_folds_cover_every_image_once(bench) -> None:
     assert folds == bench.image_folds(rows, 4)
 
 
+def test_split_by_image_is_its_own_dataset(bench) -> None:
+    parse = bench.argparse.Namespace
+    base = {"labels": None, "groups": None}
+    (by_image,) = bench._specs(parse(dataset="idc", split="image", **base))
+    assert (by_image.name, by_image.split) == ("idc-by-image", "image")
+    (by_patient,) = bench._specs(parse(dataset="idc", split="patient", **base))
+    assert (by_patient.name, by_patient.split) == ("idc", "patient")
+    names = [s.name for s in bench._specs(parse(dataset="breakhis", split="patient", **base))]
+    assert names == ["breakhis", "breakhis-by-image"]
+
+
+def test_probe_oracle_balanced_accuracy(bench) -> None:
+    import numpy as np
+
+    path = REPO / "bench" / "bench_features.py"
+    spec = importlib.util.spec_from_file_location("bench_features", path)
+    probe = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(probe)
+    y = np.array([0, 0, 0, 1, 1, 1])
+    assert probe.best_balanced_accuracy(y, np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == 1.0
+    # One benign scored above every malignant: the best cut keeps 2/3 of the benign right.
+    p = np.array([0.1, 0.2, 0.95, 0.7, 0.8, 0.9])
+    assert probe.best_balanced_accuracy(y, p) == pytest.approx(5 / 6)
+    assert probe.best_balanced_accuracy(y, 1 - np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == 0.5
+
+
 def test_every_recipe_is_a_valid_training_config(bench) -> None:
     from training.config import from_mapping
 
