@@ -231,12 +231,12 @@ class RunLayout:
         """Every row shard, of any format: what marks a folder as holding a run."""
         return [self._under(self.RESULTS, "*"), self._under(self.ERRORS, "*")]
 
-    def written_by_a_run(self) -> list[str]:
-        """Patterns of everything a run writes here (what ``--overwrite`` clears)."""
-        return [*self.run_documents(), *self.per_input_images()]
-
     def run_documents(self) -> list[str]:
-        """Row shards and documents: a number of files that does not grow with the inputs."""
+        """Row shards and documents: a number of files that does not grow with the inputs.
+
+        With :meth:`per_input_images`, every pattern a run writes here: what
+        ``--overwrite`` clears.
+        """
         return [
             *self.row_patterns,
             self._under(self.TILES, "*"),

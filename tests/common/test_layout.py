@@ -35,7 +35,7 @@ def test_run_layout_names_every_file_under_the_output() -> None:
     assert run.plot("pr") == "gs://b/runs/r1/plots/precision_recall.png"
     assert run.resolve("plots/roc.png") == "gs://b/runs/r1/plots/roc.png"
     assert run.resolve("gs://x/y.png") == "gs://x/y.png"
-    every = run.written_by_a_run()
+    every = [*run.run_documents(), *run.per_input_images()]
     assert all(p.startswith(run.output + "/") for p in every)
     assert run.summary in every and run.metrics in every
 
