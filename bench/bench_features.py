@@ -14,9 +14,12 @@ patient, the quartiles of the probabilities given to each class's patches and, w
 the patient has both classes, the AUC within that patient; and the balanced accuracy
 at 0.5 beside the best any threshold could reach on the held-out group itself (an
 oracle, so an upper bound on what threshold choice can recover).
-Writes ``bench/results/features_idc.json``.
+Writes ``bench/results/features_idc.json``. ``--colour gray`` and ``--colour
+per-image`` (each image's channel statistics set to the set's) ask whether colour
+is what differs between patients (``features_idc-gray.json``, ...).
 
     python bench/bench_features.py
+    python bench/bench_features.py --colour gray
 """
 
 from __future__ import annotations
@@ -38,12 +41,27 @@ from bench_training import (
 )
 
 LAYERS = ("block_3_project_BN", "block_6_project_BN", "block_13_project_BN", "out_relu")
-RESULT = REPO / "bench" / "results" / "features_idc.json"
+RESULTS = REPO / "bench" / "results"
+COLOURS = ("rgb", "gray", "per-image")
 CLASS_NAMES = ("benign", "malignant")
 QUARTILES = (25, 50, 75)
 
 
-def features(rows: list[Row], size: int, layers: tuple[str, ...]) -> dict[str, np.ndarray]:
+def recoloured(images: np.ndarray, colour: str) -> np.ndarray:
+    """The images as given (``rgb``), in grey (``gray``), or with each image's channel
+    means and deviations set to the whole set's (``per-image``)."""
+    if colour == "gray":
+        return images.mean(-1, keepdims=True).repeat(3, -1)
+    if colour == "per-image":
+        mean, std = images.mean((0, 1, 2)), images.std((0, 1, 2))
+        own_mean, own_std = images.mean((1, 2), keepdims=True), images.std((1, 2), keepdims=True)
+        return np.clip((images - own_mean) / (own_std + 1.0) * std + mean, 0, 255)
+    return images
+
+
+def features(
+    rows: list[Row], size: int, layers: tuple[str, ...], colour: str = "rgb"
+) -> dict[str, np.ndarray]:
     """Mean- and std-pooled MobileNetV2 activations of each image at each layer."""
     import keras
     import tensorflow as tf
@@ -52,6 +70,7 @@ def features(rows: list[Row], size: int, layers: tuple[str, ...]) -> dict[str, n
     images = np.stack(
         [np.asarray(Image.open(r.path).convert("RGB").resize((50, 50))) for r in rows]
     ).astype("float32")
+    images = recoloured(images, colour)
     base = keras.applications.MobileNetV2(
         input_shape=(size, size, 3), alpha=0.35, include_top=False, weights=str(MOBILENET_035)
     )
@@ -126,6 +145,12 @@ def probe(rows: list[Row], x: np.ndarray) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=96)
+    parser.add_argument(
+        "--colour",
+        choices=COLOURS,
+        default="rgb",
+        help="feed the images as they are, in grey, or each standardised to the set's colour",
+    )
     args = parser.parse_args(argv)
     spec = DATASETS["idc"]
     if not spec.labels_csv.is_file() or not MOBILENET_035.is_file():
@@ -133,8 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     rows = read_rows(spec.labels_csv)
     start = time.perf_counter()
-    feats = features(rows, args.size, LAYERS)
-    report = {"size": args.size, "images": len(rows), "layers": {}}
+    feats = features(rows, args.size, LAYERS, args.colour)
+    report = {"size": args.size, "colour": args.colour, "images": len(rows), "layers": {}}
     print(
         "| layer | dims | AUC by image | AUC by patient (per group) | bal. acc. at 0.5 "
         "| best bal. acc. (oracle) |"
@@ -154,9 +179,11 @@ def main(argv: list[str] | None = None) -> int:
     for g in shown:
         print(f"{LAYERS[1]}, held out {', '.join(g['patients'])}: {g['per_patient']}")
     report["seconds"] = round(time.perf_counter() - start, 1)
-    RESULT.parent.mkdir(parents=True, exist_ok=True)
-    RESULT.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"saved: {RESULT} ({report['seconds']} s)")
+    suffix = "" if args.colour == "rgb" else f"-{args.colour}"
+    result = RESULTS / f"features_idc{suffix}.json"
+    result.parent.mkdir(parents=True, exist_ok=True)
+    result.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"saved: {result} ({report['seconds']} s)")
     return 0
 
 

@@ -93,7 +93,7 @@ def test_split_by_image_is_its_own_dataset(bench) -> None:
     assert names == ["breakhis", "breakhis-by-image"]
 
 
-def test_probe_oracle_balanced_accuracy(bench) -> None:
+def test_probe_oracle_balanced_accuracy_and_recolouring(bench) -> None:
     import numpy as np
 
     path = REPO / "bench" / "bench_features.py"
@@ -106,6 +106,12 @@ def test_probe_oracle_balanced_accuracy(bench) -> None:
     p = np.array([0.1, 0.2, 0.95, 0.7, 0.8, 0.9])
     assert probe.best_balanced_accuracy(y, p) == pytest.approx(5 / 6)
     assert probe.best_balanced_accuracy(y, 1 - np.array([0.1, 0.2, 0.3, 0.7, 0.8, 0.9])) == 0.5
+    images = np.random.default_rng(0).uniform(0, 255, (4, 5, 5, 3)) * [1.0, 0.5, 0.2]
+    grey = probe.recoloured(images, "gray")
+    assert np.allclose(grey[..., 0], grey[..., 2]) and not np.allclose(images, grey)
+    same = probe.recoloured(images, "per-image").mean((1, 2))
+    assert np.allclose(same, same[0], atol=1.0) and not np.allclose(images.mean((1, 2)), same)
+    assert probe.recoloured(images, "rgb") is images
 
 
 def test_every_recipe_is_a_valid_training_config(bench) -> None:
