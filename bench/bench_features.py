@@ -92,11 +92,15 @@ def _fit_predict(x: np.ndarray, y: np.ndarray, train: np.ndarray) -> np.ndarray:
 
 
 def best_balanced_accuracy(y: np.ndarray, p: np.ndarray) -> float:
-    """The highest balanced accuracy any threshold reaches on (y, p): an oracle."""
-    order = np.argsort(-p)
-    tp = np.cumsum(y[order]) / max(y.sum(), 1)
-    tn = 1 - np.cumsum(1 - y[order]) / max((1 - y).sum(), 1)
-    return float(max(0.5, ((tp + tn) / 2).max()))
+    """The highest balanced accuracy any threshold reaches on (y, p): an oracle.
+
+    Balanced accuracy is (1 + Youden's J) / 2, so this is the maximum J over the ROC
+    curve, as ``training.train.choose_threshold`` finds it (tied scores stay together).
+    """
+    from sklearn.metrics import roc_curve
+
+    fpr, tpr, _ = roc_curve(y, p, drop_intermediate=False)
+    return float(max(0.5, (1.0 + (tpr - fpr).max()) / 2))
 
 
 def probe(rows: list[Row], x: np.ndarray) -> dict:
